@@ -1,0 +1,68 @@
+# qsharedmem — every command a developer or CI needs. `make help` lists them.
+#
+# Everything runs in a private virtualenv (.venv) that `make` creates on first use, so a fresh
+# clone needs only Rust, CPython >= 3.11 with its headers, and network access to PyPI/crates.io.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.deps-stamp
+EXT    := $(VENV)/.ext-stamp
+SOURCES := $(shell find src -name '*.rs') Cargo.toml pyproject.toml
+
+export QT_QPA_PLATFORM := offscreen
+
+.PHONY: help test test-rust test-python demo develop lint format bench bench-quick clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "maturin>=1.9.4,<2" ruff \
+	    "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
+	    "PySide6-Essentials==6.12.0" "posix_ipc>=1.1" "sysv_ipc>=1.1" "numpy>=1.26" \
+	    "matplotlib>=3.8"
+	touch $@
+
+$(EXT): $(STAMP) $(SOURCES)
+	VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
+	    $(VENV)/bin/maturin develop --release --quiet
+	touch $@
+
+develop: $(EXT)  ## build the extension into .venv
+
+test: test-rust test-python  ## everything CI runs: cargo test, then pytest
+
+test-rust:  ## Rust unit, integration and doc tests (no Python)
+	cargo test --quiet
+
+test-python: $(EXT)  ## the Python test suite against the built extension
+	$(PY) -m pytest -q
+
+demo: $(EXT)  ## the multi-process demonstration
+	$(PY) -m qsharedmem demo
+
+bench: $(EXT)  ## full benchmark run against PySide6, multiprocessing, posix_ipc, sysv_ipc
+	$(PY) -m benchmarks
+
+bench-quick: $(EXT)  ## the benchmark runner in its quick mode (what `make test` also runs)
+	$(PY) -m benchmarks --quick --output /tmp/qsharedmem-bench-quick
+
+lint: $(STAMP)  ## rustfmt, clippy, ruff
+	cargo fmt --check
+	cargo clippy --all-targets --quiet -- -D warnings
+	cargo clippy --all-targets --features python --quiet -- -D warnings
+	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks
+
+format:  ## apply rustfmt and ruff format
+	cargo fmt
+	$(VENV)/bin/ruff format python tests benchmarks
+	$(VENV)/bin/ruff check --fix python tests benchmarks
+
+clean:  ## remove build outputs and the virtualenv
+	cargo clean
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
