@@ -1,0 +1,81 @@
+//! Error numbers and the small conversions every wrapper uses.
+
+use std::ffi::{c_int, CString};
+use std::fmt;
+use std::io;
+
+/// An OS error number (`errno`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// The calling thread's current `errno`.
+    pub fn last() -> Self {
+        Self(
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    }
+}
+
+impl fmt::Debug for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Errno({}: {})", self.0, strerror(self.0))
+    }
+}
+
+/// Result of a system call wrapper.
+pub type SysResult<T> = Result<T, Errno>;
+
+/// Turns a `-1`-on-error return value into a `Result`.
+pub(crate) fn cvt(ret: c_int) -> SysResult<c_int> {
+    if ret == -1 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Runs `f` again for as long as it fails with `EINTR`.
+pub(crate) fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+    loop {
+        match f() {
+            Err(Errno(libc::EINTR)) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// A C string for a path or name; an interior NUL byte is `EINVAL`, as the kernel would say for
+/// a name it cannot represent.
+pub(crate) fn c_string(bytes: impl Into<Vec<u8>>) -> SysResult<CString> {
+    CString::new(bytes).map_err(|_| Errno(libc::EINVAL))
+}
+
+/// The text `strerror(errno)` gives (what Qt's `qt_error_string` prints).
+#[must_use]
+pub fn strerror(errno: i32) -> String {
+    let text = io::Error::from_raw_os_error(errno).to_string();
+    // std formats "<strerror text> (os error N)"; Qt prints only the strerror text.
+    match text.rfind(" (os error ") {
+        Some(cut) => text[..cut].to_owned(),
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strerror_matches_libc_text() {
+        assert_eq!(strerror(libc::EINVAL), "Invalid argument");
+        assert_eq!(strerror(libc::ENOENT), "No such file or directory");
+    }
+
+    #[test]
+    fn interior_nul_is_einval() {
+        assert_eq!(c_string("a\0b").unwrap_err(), Errno(libc::EINVAL));
+    }
+}

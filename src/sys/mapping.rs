@@ -1,0 +1,281 @@
+//! Memory mappings of shared memory: `mmap` of a file descriptor, or `shmat` of a System V
+//! segment. [`Mapping`] is the only owner of such an address range and unmaps it in `Drop`.
+
+use std::ffi::c_void;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ptr::{self, NonNull};
+
+use super::cvt::{cvt, Errno, SysResult};
+
+/// How the range was mapped, which decides how it is unmapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    Mmap,
+    SysV,
+}
+
+/// A mapped range of shared memory, unmapped when dropped.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+    writable: bool,
+    origin: Origin,
+}
+
+// SAFETY: a `Mapping` is an address range that belongs to the whole process, not to a thread;
+// the struct itself only hands out the raw pointer and never dereferences it without the
+// caller's synchronisation, so moving it to or sharing it with another thread is sound.
+unsafe impl Send for Mapping {}
+// SAFETY: see `Send`; every `&self` method is either a plain read of immutable fields or a copy
+// through the pointer that the caller's protocol (the cross-process lock) orders.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// `mmap(NULL, len, PROT_READ[|PROT_WRITE], MAP_SHARED, fd, offset)`.
+    pub fn map_file(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        writable: bool,
+    ) -> SysResult<Self> {
+        if len == 0 {
+            return Err(Errno(libc::EINVAL));
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        let offset = libc::off_t::try_from(offset).map_err(|_| Errno(libc::EOVERFLOW))?;
+        // SAFETY: a fresh mapping chosen by the kernel (addr NULL, no MAP_FIXED) cannot alias
+        // any Rust object; `fd` is a valid open descriptor for the duration of the call.
+        let ptr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno(libc::ENOMEM))?;
+        Ok(Self {
+            ptr,
+            len,
+            writable,
+            origin: Origin::Mmap,
+        })
+    }
+
+    /// `shmat(shmid, NULL, writable ? 0 : SHM_RDONLY)`; `len` is the segment's `shm_segsz`.
+    pub fn attach_sysv(shmid: i32, len: usize, writable: bool) -> SysResult<Self> {
+        let flags = if writable { 0 } else { libc::SHM_RDONLY };
+        // SAFETY: the kernel picks the address (NULL), so the new range cannot alias any Rust
+        // object; a bad id is reported through the return value.
+        let ptr = unsafe { libc::shmat(shmid, ptr::null(), flags) };
+        if ptr as isize == -1 {
+            return Err(Errno::last());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno(libc::ENOMEM))?;
+        Ok(Self {
+            ptr,
+            len,
+            writable,
+            origin: Origin::SysV,
+        })
+    }
+
+    /// The first byte of the range.
+    #[must_use]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    /// The length of the range in bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the range was mapped writable.
+    #[must_use]
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The 32-bit atomic at `offset`, for lock-free fields shared between processes.
+    ///
+    /// # Panics
+    /// If `offset` is misaligned or out of range, or the mapping is read-only (an atomic store
+    /// to a read-only page would fault).
+    #[must_use]
+    pub fn atomic_u32(&self, offset: usize) -> &std::sync::atomic::AtomicU32 {
+        use std::sync::atomic::AtomicU32;
+        assert!(self.writable, "atomic field in a read-only mapping");
+        assert!(
+            offset % std::mem::align_of::<AtomicU32>() == 0
+                && offset.checked_add(4).is_some_and(|end| end <= self.len),
+            "atomic field out of range"
+        );
+        // SAFETY: the 4 bytes at `offset` are inside the live, writable mapping and aligned
+        // for `AtomicU32` (checked above); `AtomicU32` has the layout of `u32`, allows shared
+        // mutation through `&`, and any bit pattern is a valid `u32`. The reference borrows
+        // `self`, so it cannot outlive the mapping.
+        unsafe { AtomicU32::from_ptr(self.as_ptr().add(offset).cast::<u32>()) }
+    }
+
+    /// Copies `dst.len()` bytes starting at `offset` out of the mapping.
+    ///
+    /// # Panics
+    /// If the range `offset..offset + dst.len()` is not inside the mapping.
+    pub fn read_into(&self, offset: usize, dst: &mut [u8]) {
+        assert!(
+            offset
+                .checked_add(dst.len())
+                .is_some_and(|end| end <= self.len),
+            "read out of range"
+        );
+        // SAFETY: the source range was checked to lie inside the live mapping, and `dst` is a
+        // distinct Rust buffer; a byte copy is valid for any bit pattern.
+        unsafe { ptr::copy_nonoverlapping(self.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) }
+    }
+
+    /// Copies `src` into the mapping at `offset`.
+    ///
+    /// # Panics
+    /// If the mapping is read-only or the range is not inside it.
+    pub fn write_from(&self, offset: usize, src: &[u8]) {
+        assert!(self.writable, "write to a read-only mapping");
+        assert!(
+            offset
+                .checked_add(src.len())
+                .is_some_and(|end| end <= self.len),
+            "write out of range"
+        );
+        // SAFETY: the destination range was checked to lie inside the live, writable mapping;
+        // `src` is a distinct Rust buffer.
+        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.as_ptr().add(offset), src.len()) }
+    }
+
+    /// The bytes `offset..offset + len` as a shared slice.
+    ///
+    /// # Safety
+    /// No other thread or process may write these bytes while the slice is alive. The crate
+    /// calls this only while it holds the segment's cross-process lock (the documented protocol
+    /// every writer follows).
+    ///
+    /// # Panics
+    /// If the range is not inside the mapping.
+    #[must_use]
+    pub unsafe fn slice(&self, offset: usize, len: usize) -> &[u8] {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "slice out of range"
+        );
+        // SAFETY: in range of the live mapping (checked above); the caller guarantees that
+        // nobody writes the bytes while the shared borrow lasts.
+        unsafe { std::slice::from_raw_parts(self.as_ptr().add(offset), len) }
+    }
+
+    /// The bytes `offset..offset + len` as a mutable slice.
+    ///
+    /// # Safety
+    /// Nobody else (no other slice, thread or process) may read or write these bytes while the
+    /// slice is alive; the crate calls this only under the segment's cross-process lock and
+    /// with an exclusive borrow of the lock guard.
+    ///
+    /// # Panics
+    /// If the mapping is read-only or the range is not inside it.
+    #[must_use]
+    #[allow(clippy::mut_from_ref)] // the exclusivity comes from the lock, see # Safety
+    pub unsafe fn slice_mut(&self, offset: usize, len: usize) -> &mut [u8] {
+        assert!(self.writable, "mutable slice of a read-only mapping");
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "slice out of range"
+        );
+        // SAFETY: in range of the live, writable mapping (checked above); the caller guarantees
+        // exclusive access for the borrow's lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.as_ptr().add(offset), len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // Unmapping can only fail for an invalid range, which would be a bug in this module;
+        // there is nothing useful to do about it in a destructor, so the result is ignored
+        // rather than panicking (a panic in drop could abort the process).
+        match self.origin {
+            Origin::Mmap => {
+                // SAFETY: `ptr`/`len` are exactly the range `mmap` returned, and this is the
+                // only owner; no slice can outlive `self` because slices borrow it.
+                let _ = cvt(unsafe { libc::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len) });
+            }
+            Origin::SysV => {
+                // SAFETY: `ptr` is the address `shmat` returned and this is its only owner.
+                let _ = cvt(unsafe { libc::shmdt(self.ptr.as_ptr().cast::<c_void>()) });
+            }
+        }
+    }
+}
+
+/// The system page size.
+#[must_use]
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size)
+        .ok()
+        .filter(|s| s.is_power_of_two())
+        .unwrap_or(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    fn memfd(len: usize) -> OwnedFd {
+        // SAFETY: memfd_create with a valid NUL-terminated name has no other preconditions.
+        let fd = unsafe { libc::memfd_create(c"qsm-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: valid fd, plain integer argument.
+        assert_eq!(
+            unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) },
+            0
+        );
+        fd
+    }
+
+    #[test]
+    fn two_mappings_of_one_file_share_bytes() {
+        let fd = memfd(4096);
+        let a = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 4096, true).unwrap();
+        let b = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 4096, false).unwrap();
+        a.write_from(10, b"hello");
+        let mut out = [0u8; 5];
+        b.read_into(10, &mut out);
+        assert_eq!(&out, b"hello");
+        assert!(!b.is_writable());
+    }
+
+    #[test]
+    #[should_panic(expected = "read-only")]
+    fn writing_a_read_only_mapping_panics_instead_of_faulting() {
+        let fd = memfd(4096);
+        let m = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 4096, false).unwrap();
+        m.write_from(0, b"x");
+    }
+
+    #[test]
+    fn page_size_is_a_power_of_two() {
+        assert!(page_size().is_power_of_two());
+    }
+}

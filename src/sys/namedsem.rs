@@ -1,0 +1,163 @@
+//! POSIX named semaphores (`sem_open`), the lock Qt uses for POSIX keys.
+
+use std::ffi::CString;
+use std::ptr::NonNull;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::cvt::{c_string, cvt, retry, Errno, SysResult};
+
+/// An open named semaphore, closed (`sem_close`) when dropped.
+#[derive(Debug)]
+pub struct NamedSemaphore {
+    sem: NonNull<libc::sem_t>,
+}
+
+// SAFETY: a `sem_t *` from `sem_open` names a process-wide object; every sem_* function is
+// thread-safe, so the handle may move between and be shared by threads.
+unsafe impl Send for NamedSemaphore {}
+// SAFETY: see `Send`.
+unsafe impl Sync for NamedSemaphore {}
+
+/// How to open a semaphore.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    /// `O_CREAT|O_EXCL`: create it, fail with `EEXIST` if it exists.
+    CreateNew {
+        /// Permission bits.
+        mode: libc::mode_t,
+        /// Initial value.
+        value: u32,
+    },
+    /// No flags: open an existing one, `ENOENT` if there is none.
+    Existing,
+}
+
+fn name_c(name: &str) -> SysResult<CString> {
+    c_string(name)
+}
+
+impl NamedSemaphore {
+    /// `sem_open(name, ...)`; `name` is passed to glibc as it is (Qt passes "/<key>").
+    pub fn open(name: &str, how: OpenMode) -> SysResult<Self> {
+        let c_name = name_c(name)?;
+        let sem = retry(|| {
+            let sem = match how {
+                OpenMode::CreateNew { mode, value } => {
+                    // SAFETY: valid C string; with O_CREAT sem_open reads a mode_t and an
+                    // unsigned int as its variadic arguments, which we pass.
+                    unsafe {
+                        libc::sem_open(
+                            c_name.as_ptr(),
+                            libc::O_CREAT | libc::O_EXCL,
+                            libc::c_uint::from(mode),
+                            value,
+                        )
+                    }
+                }
+                // SAFETY: valid C string; without O_CREAT no variadic arguments are read.
+                OpenMode::Existing => unsafe { libc::sem_open(c_name.as_ptr(), 0) },
+            };
+            if sem == libc::SEM_FAILED {
+                Err(Errno::last())
+            } else {
+                NonNull::new(sem).ok_or(Errno(libc::EINVAL))
+            }
+        })?;
+        Ok(Self { sem })
+    }
+
+    /// `sem_trywait`: `EAGAIN` if the value is 0.
+    pub fn try_wait(&self) -> SysResult<()> {
+        // SAFETY: `sem` is an open semaphore for as long as `self` lives.
+        retry(|| cvt(unsafe { libc::sem_trywait(self.sem.as_ptr()) })).map(drop)
+    }
+
+    /// `sem_timedwait` for at most `wait`: `ETIMEDOUT` when it passes; `EINTR` is returned so
+    /// that callers can look at signals.
+    pub fn wait_for(&self, wait: Duration) -> SysResult<()> {
+        let deadline = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .saturating_add(wait);
+        let ts = libc::timespec {
+            tv_sec: libc::time_t::try_from(deadline.as_secs()).unwrap_or(libc::time_t::MAX),
+            tv_nsec: libc::c_long::from(deadline.subsec_nanos() as i32),
+        };
+        // SAFETY: `sem` is open; `ts` is a valid timespec that outlives the call.
+        cvt(unsafe { libc::sem_timedwait(self.sem.as_ptr(), &ts) }).map(drop)
+    }
+
+    /// `sem_post`.
+    pub fn post(&self) -> SysResult<()> {
+        // SAFETY: `sem` is an open semaphore.
+        cvt(unsafe { libc::sem_post(self.sem.as_ptr()) }).map(drop)
+    }
+
+    /// `sem_getvalue`.
+    pub fn value(&self) -> SysResult<i32> {
+        let mut value = 0;
+        // SAFETY: `sem` is open and `value` is a valid int to write.
+        cvt(unsafe { libc::sem_getvalue(self.sem.as_ptr(), &mut value) })?;
+        Ok(value)
+    }
+}
+
+impl Drop for NamedSemaphore {
+    fn drop(&mut self) {
+        // sem_close only fails for an invalid handle, which cannot happen here; a destructor has
+        // nothing useful to do with an error, so it is ignored.
+        // SAFETY: `sem` came from a successful sem_open and is closed exactly once.
+        let _ = unsafe { libc::sem_close(self.sem.as_ptr()) };
+    }
+}
+
+/// `sem_unlink(name)`.
+pub fn unlink(name: &str) -> SysResult<()> {
+    let c_name = name_c(name)?;
+    // SAFETY: valid NUL-terminated string.
+    cvt(unsafe { libc::sem_unlink(c_name.as_ptr()) }).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_wait_post_unlink() {
+        let name = format!("/qsm-namedsem-test-{}", std::process::id());
+        let sem = NamedSemaphore::open(
+            &name,
+            OpenMode::CreateNew {
+                mode: 0o600,
+                value: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            NamedSemaphore::open(
+                &name,
+                OpenMode::CreateNew {
+                    mode: 0o600,
+                    value: 1
+                }
+            )
+            .unwrap_err(),
+            Errno(libc::EEXIST)
+        );
+        let again = NamedSemaphore::open(&name, OpenMode::Existing).unwrap();
+        sem.try_wait().unwrap();
+        assert_eq!(again.try_wait(), Err(Errno(libc::EAGAIN)));
+        assert_eq!(
+            again.wait_for(Duration::from_millis(5)),
+            Err(Errno(libc::ETIMEDOUT))
+        );
+        again.post().unwrap();
+        assert_eq!(sem.value().unwrap(), 1);
+        unlink(&name).unwrap();
+        assert_eq!(unlink(&name), Err(Errno(libc::ENOENT)));
+        assert_eq!(
+            NamedSemaphore::open("/a/b", OpenMode::Existing).unwrap_err(),
+            Errno(libc::EINVAL)
+        );
+    }
+}
