@@ -1,0 +1,1073 @@
+//! Segments and their lifecycle: how a segment is created, attached, counted and destroyed on
+//! each backend (SPEC §4).
+//!
+//! * **qsharedmem POSIX segments** (`/dev/shm/<name>`): `[data][padding to a page][control
+//!   page]`. Created unnamed (`O_TMPFILE`), sized and reserved (`posix_fallocate`), initialised,
+//!   then published under their name atomically (`linkat`). Every attachment holds
+//!   `flock(LOCK_SH)` on its own open file description; the detacher that can upgrade to
+//!   `LOCK_EX` is the last one and unlinks the name. Crashed attachers drop their locks with
+//!   their descriptors, so the last survivor still cleans up, and an orphan (a segment nobody
+//!   holds) is reclaimed by the next `create()`.
+//! * **foreign POSIX segments** (made by Qt, by `multiprocessing.shared_memory`, by anyone):
+//!   attached as they are, never unlinked by us.
+//! * **System V segments**: exactly Qt's objects (key file, `ftok`, `shmget`/`shmat`); the last
+//!   detacher (`shm_nattch` 0) removes the segment, its key file and the lock semaphore, under
+//!   that semaphore so that no attacher can slip in between.
+//!
+//! An [`Attachment`] is this process's view of one segment. It is shared (`Arc`) by the handle
+//! and by every buffer exported from it; the segment is detached when the last of them goes.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{Error, ErrorKind};
+use crate::lock::{self, LockPrimitive, WAIT_SLICE};
+use crate::semaphore::SysVSemaphore;
+use crate::sys::mapping::{page_size, Mapping};
+use crate::sys::mutex::{self, MUTEX_RESERVED};
+use crate::sys::{posix, process, sysv, Errno};
+
+/// `QSharedMemory::AccessMode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum AccessMode {
+    /// `QSharedMemory::ReadOnly` (0): the memory is mapped read-only.
+    ReadOnly = 0,
+    /// `QSharedMemory::ReadWrite` (1).
+    #[default]
+    ReadWrite = 1,
+}
+
+impl AccessMode {
+    /// True for `ReadWrite`.
+    #[must_use]
+    pub const fn is_writable(self) -> bool {
+        matches!(self, Self::ReadWrite)
+    }
+}
+
+/// What kind of OS object a segment is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SegmentKind {
+    /// A POSIX segment created by qsharedmem (with its control page and robust lock).
+    Posix,
+    /// A POSIX segment created by someone else (Qt, multiprocessing, ...).
+    ForeignPosix,
+    /// A System V segment (Qt's legacy default on Linux).
+    SystemV,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The control page of qsharedmem POSIX segments.
+
+/// Identifies a qsharedmem control page.
+const MAGIC: [u8; 8] = *b"QSHMEM\0\x01";
+/// Layout version of the control page.
+const VERSION: u32 = 1;
+const AT_MAGIC: usize = 0;
+const AT_VERSION: usize = 8;
+const AT_PAGE_SIZE: usize = 12;
+const AT_LOGICAL_SIZE: usize = 16;
+const AT_CREATOR_PID: usize = 24;
+const AT_LOCK_OWNER: usize = 28;
+const AT_CREATED_MS: usize = 32;
+const AT_OWNER_DEATHS: usize = 40;
+const AT_NATIVE_KEY_LEN: usize = 48;
+const AT_LEGACY_KEY_LEN: usize = 50;
+const AT_MUTEX: usize = 64;
+const AT_NATIVE_KEY: usize = AT_MUTEX + MUTEX_RESERVED;
+const NATIVE_KEY_MAX: usize = 256;
+const AT_LEGACY_KEY: usize = AT_NATIVE_KEY + NATIVE_KEY_MAX;
+const LEGACY_KEY_MAX: usize = 2048;
+const CONTROL_USED: usize = AT_LEGACY_KEY + LEGACY_KEY_MAX;
+
+/// The control page of a qsharedmem POSIX segment, inside some mapping.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ControlPage<'a> {
+    map: &'a Mapping,
+    base: usize,
+}
+
+impl<'a> ControlPage<'a> {
+    fn u32_at(&self, at: usize) -> u32 {
+        let mut b = [0u8; 4];
+        self.map.read_into(self.base + at, &mut b);
+        u32::from_ne_bytes(b)
+    }
+
+    fn u64_at(&self, at: usize) -> u64 {
+        let mut b = [0u8; 8];
+        self.map.read_into(self.base + at, &mut b);
+        u64::from_ne_bytes(b)
+    }
+
+    fn string_at(&self, len_at: usize, at: usize, max: usize) -> Option<String> {
+        let mut b = [0u8; 2];
+        self.map.read_into(self.base + len_at, &mut b);
+        let len = usize::from(u16::from_ne_bytes(b));
+        if len > max {
+            return None;
+        }
+        let mut bytes = vec![0u8; len];
+        self.map.read_into(self.base + at, &mut bytes);
+        String::from_utf8(bytes).ok()
+    }
+
+    /// The mapping the page lives in.
+    pub(crate) fn mapping(&self) -> &'a Mapping {
+        self.map
+    }
+
+    /// Offset of the robust mutex within [`Self::mapping`].
+    pub(crate) fn mutex_offset(&self) -> usize {
+        self.base + AT_MUTEX
+    }
+
+    /// Records which process holds the lock (0: nobody), for inspection tools.
+    pub(crate) fn set_lock_owner(&self, pid: i32) {
+        if self.map.is_writable() {
+            self.map.atomic_u32(self.base + AT_LOCK_OWNER).store(
+                u32::try_from(pid).unwrap_or(0),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// The pid recorded as holding the lock (0: nobody).
+    pub(crate) fn lock_owner(&self) -> i32 {
+        i32::try_from(self.u32_at(AT_LOCK_OWNER)).unwrap_or(0)
+    }
+
+    /// Counts a recovery from a dead holder.
+    pub(crate) fn count_owner_death(&self) {
+        if self.map.is_writable() {
+            self.map
+                .atomic_u32(self.base + AT_OWNER_DEATHS)
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// How many times a holder died while holding the lock.
+    pub(crate) fn owner_deaths(&self) -> u32 {
+        self.u32_at(AT_OWNER_DEATHS)
+    }
+
+    /// The exact size the creator asked for.
+    pub(crate) fn logical_size(&self) -> u64 {
+        self.u64_at(AT_LOGICAL_SIZE)
+    }
+
+    /// The creator's pid.
+    pub(crate) fn creator_pid(&self) -> i32 {
+        i32::try_from(self.u32_at(AT_CREATOR_PID)).unwrap_or(0)
+    }
+
+    /// Creation time, milliseconds since the epoch.
+    pub(crate) fn created_ms(&self) -> u64 {
+        self.u64_at(AT_CREATED_MS)
+    }
+
+    /// The native key the segment was created with.
+    pub(crate) fn native_key(&self) -> Option<String> {
+        self.string_at(AT_NATIVE_KEY_LEN, AT_NATIVE_KEY, NATIVE_KEY_MAX)
+    }
+
+    /// The Qt legacy key the segment was created with, if any (and if it fit).
+    pub(crate) fn legacy_key(&self) -> Option<String> {
+        self.string_at(AT_LEGACY_KEY_LEN, AT_LEGACY_KEY, LEGACY_KEY_MAX)
+            .filter(|k| !k.is_empty())
+    }
+
+    /// Writes a fresh header and initialises the mutex. Only the creator calls this, before the
+    /// segment is published.
+    fn initialise(
+        &self,
+        logical_size: usize,
+        native_key: &str,
+        legacy_key: Option<&str>,
+    ) -> Result<(), Errno> {
+        let page = u32::try_from(page_size()).unwrap_or(4096);
+        let created_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let b = self.base;
+        self.map.write_from(b + AT_VERSION, &VERSION.to_ne_bytes());
+        self.map.write_from(b + AT_PAGE_SIZE, &page.to_ne_bytes());
+        self.map
+            .write_from(b + AT_LOGICAL_SIZE, &(logical_size as u64).to_ne_bytes());
+        self.map
+            .write_from(b + AT_CREATOR_PID, &process::pid().to_ne_bytes());
+        self.map
+            .write_from(b + AT_CREATED_MS, &created_ms.to_ne_bytes());
+        let native = native_key.as_bytes();
+        if native.len() <= NATIVE_KEY_MAX {
+            self.map
+                .write_from(b + AT_NATIVE_KEY_LEN, &(native.len() as u16).to_ne_bytes());
+            self.map.write_from(b + AT_NATIVE_KEY, native);
+        }
+        let legacy = legacy_key.unwrap_or("").as_bytes();
+        if legacy.len() <= LEGACY_KEY_MAX {
+            self.map
+                .write_from(b + AT_LEGACY_KEY_LEN, &(legacy.len() as u16).to_ne_bytes());
+            self.map.write_from(b + AT_LEGACY_KEY, legacy);
+        }
+        mutex::init(self.map, b + AT_MUTEX)?;
+        // The magic goes last: a page with the magic is a complete page.
+        self.map.write_from(b + AT_MAGIC, &MAGIC);
+        Ok(())
+    }
+}
+
+const _: () = assert!(CONTROL_USED <= 4096);
+
+fn round_up(size: usize, page: usize) -> Option<usize> {
+    size.checked_add(page - 1).map(|s| s & !(page - 1))
+}
+
+/// What the last page of a POSIX shared memory file says about it.
+#[derive(Debug)]
+enum Classified {
+    /// A valid qsharedmem segment with this logical size.
+    Ours { logical_size: usize },
+    /// Someone else's segment.
+    Foreign,
+}
+
+/// Classifies the file behind `whole` (a mapping of the whole file, `file_size` bytes).
+fn classify(whole: &Mapping, file_size: u64) -> Result<Classified, Error> {
+    let page = page_size();
+    let Ok(file_size) = usize::try_from(file_size) else {
+        return Ok(Classified::Foreign);
+    };
+    if file_size < page || file_size % page != 0 {
+        return Ok(Classified::Foreign);
+    }
+    let base = file_size - page;
+    let mut magic = [0u8; 8];
+    whole.read_into(base + AT_MAGIC, &mut magic);
+    if magic != MAGIC {
+        return Ok(Classified::Foreign);
+    }
+    let control = ControlPage { map: whole, base };
+    let version = control.u32_at(AT_VERSION);
+    if version != VERSION {
+        return Err(Error::new(
+            ErrorKind::UnknownError,
+            format!(
+                "QSharedMemory::attach: unsupported qsharedmem segment layout version {version}"
+            ),
+        ));
+    }
+    let logical = control.logical_size();
+    let consistent = usize::try_from(logical)
+        .ok()
+        .filter(|&l| l > 0)
+        .and_then(|l| round_up(l, page))
+        .is_some_and(|data| data.checked_add(page) == Some(file_size));
+    if !consistent || control.u32_at(AT_PAGE_SIZE) as usize != page {
+        return Err(Error::new(
+            ErrorKind::UnknownError,
+            format!(
+                "QSharedMemory::attach: corrupt qsharedmem segment (header says {logical} bytes, \
+                 file has {file_size})"
+            ),
+        ));
+    }
+    Ok(Classified::Ours {
+        logical_size: logical as usize,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attachments.
+
+/// This process's attachment to one segment: its mapping, and whatever keeps the attachment
+/// counted. Dropping it detaches (and destroys the segment if this was the last attachment).
+#[derive(Debug)]
+pub struct Attachment {
+    size: usize,
+    writable: bool,
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Owned(Owned),
+    Foreign(Foreign),
+    SysV(SysVAttachment),
+}
+
+#[derive(Debug)]
+struct Owned {
+    file_name: String,
+    /// The whole file: data, padding, control page (read-only for `ReadOnly` attachments).
+    data: Mapping,
+    /// For `ReadOnly` attachments: a writable mapping holding the control page, and its offset.
+    control: Option<(Mapping, usize)>,
+    /// Offset of the control page in `data`.
+    control_base: usize,
+    refcount: Mutex<RefcountFd>,
+}
+
+/// The descriptor whose open file description holds this attachment's `LOCK_SH` (`None` once
+/// released at process exit).
+#[derive(Debug)]
+struct RefcountFd {
+    fd: Option<OwnedFd>,
+    /// `process::fork_generation()` when the lock was taken: a different value means the
+    /// descriptor was inherited through `fork()` and its lock belongs to the parent.
+    generation: u64,
+}
+
+#[derive(Debug)]
+struct Foreign {
+    data: Mapping,
+    _fd: OwnedFd,
+}
+
+#[derive(Debug)]
+struct SysVAttachment {
+    shmid: i32,
+    mapping: Option<Mapping>,
+    key_file: CString,
+    lock: Arc<SysVSemaphore>,
+}
+
+impl Attachment {
+    /// The size every qsharedmem process reports: the creator's requested size (qsharedmem
+    /// POSIX and System V), or the file size (foreign POSIX).
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Whether the memory is mapped writable.
+    #[must_use]
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Which kind of segment this is.
+    #[must_use]
+    pub fn kind(&self) -> SegmentKind {
+        match self.inner {
+            Inner::Owned(_) => SegmentKind::Posix,
+            Inner::Foreign(_) => SegmentKind::ForeignPosix,
+            Inner::SysV(_) => SegmentKind::SystemV,
+        }
+    }
+
+    /// The mapping holding the data; the data is its first [`Self::size`] bytes.
+    pub(crate) fn data_mapping(&self) -> &Mapping {
+        match &self.inner {
+            Inner::Owned(o) => &o.data,
+            Inner::Foreign(f) => &f.data,
+            Inner::SysV(s) => s
+                .mapping
+                .as_ref()
+                .expect("mapping lives as long as the attachment"),
+        }
+    }
+
+    /// The first byte of the data.
+    #[must_use]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.data_mapping().as_ptr()
+    }
+
+    /// The control page (qsharedmem POSIX segments), if this process can write it.
+    pub(crate) fn control(&self) -> Option<ControlPage<'_>> {
+        let Inner::Owned(o) = &self.inner else {
+            return None;
+        };
+        match &o.control {
+            Some((map, base)) => Some(ControlPage { map, base: *base }),
+            None if o.data.is_writable() => Some(ControlPage {
+                map: &o.data,
+                base: o.control_base,
+            }),
+            None => None,
+        }
+    }
+
+    /// The control page for reading (also for read-only attachments without write access).
+    pub(crate) fn control_for_reading(&self) -> Option<ControlPage<'_>> {
+        let Inner::Owned(o) = &self.inner else {
+            return None;
+        };
+        Some(ControlPage {
+            map: &o.data,
+            base: o.control_base,
+        })
+    }
+
+    /// After `fork()`, in the child: take a lock of the child's own on the segment, so that the
+    /// parent's detach cannot destroy it while the child uses it, and the child's detach cannot
+    /// destroy it while the parent does. Idempotent; a no-op for other kinds of segment (the
+    /// kernel counts System V attachments inherited through fork by itself).
+    pub fn rehome_after_fork(&self) {
+        let Inner::Owned(o) = &self.inner else { return };
+        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = process::fork_generation();
+        if rc.generation == now {
+            return;
+        }
+        let Some(inherited) = rc.fd.as_ref() else {
+            return;
+        };
+        if let Ok(fd) = posix::reopen(inherited.as_fd(), false) {
+            if posix::lock_shared(fd.as_fd()).is_ok() {
+                // Dropping the inherited descriptor does not release the parent's lock: the
+                // parent still has the open file description.
+                *rc = RefcountFd {
+                    fd: Some(fd),
+                    generation: now,
+                };
+            }
+        }
+    }
+
+    /// The (device, inode) of a qsharedmem POSIX segment and its refcount descriptor, for the
+    /// exit-time check.
+    fn take_refcount_at_exit(&self) -> Option<(u64, u64, String, OwnedFd)> {
+        let Inner::Owned(o) = &self.inner else {
+            return None;
+        };
+        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        if rc.generation != process::fork_generation() {
+            return None;
+        }
+        let fd = rc.fd.take()?;
+        let st = posix::fstat(fd.as_fd()).ok()?;
+        Some((st.dev, st.ino, o.file_name.clone(), fd))
+    }
+
+    /// The file name in `/dev/shm` (POSIX segments).
+    pub(crate) fn posix_file_name(&self) -> Option<&str> {
+        match &self.inner {
+            Inner::Owned(o) => Some(&o.file_name),
+            _ => None,
+        }
+    }
+
+    /// The System V segment id.
+    pub(crate) fn sysv_id(&self) -> Option<i32> {
+        match &self.inner {
+            Inner::SysV(s) => Some(s.shmid),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        match &mut self.inner {
+            Inner::Owned(o) => o.detach(),
+            Inner::Foreign(_) => {}
+            Inner::SysV(s) => s.detach(),
+        }
+    }
+}
+
+impl Owned {
+    fn detach(&mut self) {
+        // Fields drop after this function: the mappings go first because `detach` runs inside
+        // `Drop for Attachment`; the decision only needs the descriptor.
+        let rc = self
+            .refcount
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if rc.generation != process::fork_generation() {
+            // Inherited through fork and never re-homed: the lock is the parent's, not ours.
+            return;
+        }
+        let Some(fd) = rc.fd.as_ref() else { return };
+        if let Ok(true) = posix::try_lock_exclusive(fd.as_fd()) {
+            // Nobody else holds the segment: we are the last one out.
+            let _ = posix::unlink_if_same(&self.file_name, fd.as_fd());
+        }
+    }
+}
+
+/// How long a detach that finds the System V lock busy waits for it before handing the
+/// last-detacher check to the background reaper.
+const CLEANUP_WAIT: Duration = Duration::from_secs(2);
+
+impl SysVAttachment {
+    fn detach(&mut self) {
+        // shmdt needs no lock; only the "was that the last one?" decision does.
+        drop(self.mapping.take());
+        if lock::sysv_held_by_current_thread(&self.lock) {
+            remove_if_unused(self.shmid, &self.key_file, &self.lock);
+            return;
+        }
+        match lock::acquire_for_cleanup(&self.lock, CLEANUP_WAIT) {
+            Ok(Some(recovered)) => {
+                remove_if_unused(self.shmid, &self.key_file, &self.lock);
+                lock::release_after_cleanup(&self.lock, recovered);
+            }
+            // Busy for long: let the reaper thread wait for it, so a destructor never blocks
+            // for long.
+            Ok(None) if self.lock.is_open() => reap_later(ReapJob {
+                shmid: self.shmid,
+                key_file: self.key_file.clone(),
+                lock: self.lock.clone(),
+            }),
+            // Removed: the segment went with it.
+            Ok(None) | Err(_) => {}
+        }
+    }
+}
+
+/// Removes the System V segment `shmid` if nobody is attached to it any more, together with
+/// its key file and the lock semaphore (and that one's key file). The caller holds the lock.
+/// Returns whether the lock semaphore was removed.
+fn remove_if_unused(shmid: i32, key_file: &CString, lock: &SysVSemaphore) -> bool {
+    match sysv::shm_stat(shmid) {
+        Ok(st) if st.attached == 0 => {
+            let _ = sysv::shm_remove(shmid);
+            let _ = sysv::remove_key_file(key_file);
+            lock.remove();
+            true
+        }
+        _ => false,
+    }
+}
+
+struct ReapJob {
+    shmid: i32,
+    key_file: CString,
+    lock: Arc<SysVSemaphore>,
+}
+
+/// Hands a deferred last-detacher check to a background thread, which waits for the lock.
+fn reap_later(job: ReapJob) {
+    static REAPER: OnceLock<Mutex<mpsc::Sender<ReapJob>>> = OnceLock::new();
+    let sender = REAPER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<ReapJob>();
+        let spawned = std::thread::Builder::new()
+            .name("qsharedmem-reaper".into())
+            .spawn(move || {
+                for job in rx {
+                    while job.lock.is_open() {
+                        match lock::acquire_for_cleanup(&job.lock, Duration::from_secs(60)) {
+                            Ok(Some(recovered)) => {
+                                remove_if_unused(job.shmid, &job.key_file, &job.lock);
+                                lock::release_after_cleanup(&job.lock, recovered);
+                                break;
+                            }
+                            Ok(None) => continue,
+                            Err(_) => break,
+                        }
+                    }
+                }
+            });
+        if spawned.is_err() {
+            // Without a thread the check is skipped; the orphan is reclaimed by the next
+            // create() or by `qsharedmem gc`.
+        }
+        Mutex::new(tx)
+    });
+    let _ = sender
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send(job);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every live qsharedmem POSIX attachment of this process, for fork and exit handling.
+
+static TRACKED: Mutex<Vec<std::sync::Weak<Attachment>>> = Mutex::new(Vec::new());
+
+/// Registers an attachment for [`rehome_all_after_fork`] and [`release_all_at_exit`].
+pub(crate) fn track(attachment: &Arc<Attachment>) {
+    if attachment.kind() != SegmentKind::Posix {
+        return;
+    }
+    let mut list = TRACKED.lock().unwrap_or_else(PoisonError::into_inner);
+    list.retain(|w| w.strong_count() > 0);
+    list.push(Arc::downgrade(attachment));
+}
+
+fn tracked() -> Vec<Arc<Attachment>> {
+    // try_lock: right after fork() the registry's mutex may have been held by a thread that
+    // does not exist in the child; then the lazy per-operation re-homing has to do.
+    match TRACKED.try_lock() {
+        Ok(list) => list.iter().filter_map(std::sync::Weak::upgrade).collect(),
+        Err(std::sync::TryLockError::Poisoned(p)) => p
+            .into_inner()
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect(),
+        Err(std::sync::TryLockError::WouldBlock) => Vec::new(),
+    }
+}
+
+/// In a child after `fork()`: gives every inherited qsharedmem POSIX attachment a lock of the
+/// child's own (see [`Attachment::rehome_after_fork`]).
+pub fn rehome_all_after_fork() {
+    for attachment in tracked() {
+        attachment.rehome_after_fork();
+    }
+}
+
+/// At process exit (including exits that skip destructors, such as `os._exit` in
+/// multiprocessing children): if this process is the last one holding a qsharedmem POSIX
+/// segment, remove its name now, as the last detach would have. Attachments stay mapped; they
+/// just stop counting.
+pub fn release_all_at_exit() {
+    let mut by_file: Vec<(u64, u64, String, Vec<OwnedFd>)> = Vec::new();
+    for attachment in tracked() {
+        if let Some((dev, ino, name, fd)) = attachment.take_refcount_at_exit() {
+            match by_file
+                .iter_mut()
+                .find(|(d, i, _, _)| *d == dev && *i == ino)
+            {
+                Some(entry) => entry.3.push(fd),
+                None => by_file.push((dev, ino, name, vec![fd])),
+            }
+        }
+    }
+    for (_, _, name, mut fds) in by_file {
+        // Release all but one of this process's own locks, then ask whether anyone else holds
+        // the file.
+        let last = fds.pop().expect("at least one descriptor per file");
+        drop(fds);
+        if let Ok(true) = posix::try_lock_exclusive(last.as_fd()) {
+            let _ = posix::unlink_if_same(&name, last.as_fd());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// POSIX.
+
+/// Checks a POSIX native key the way `sem_open` would (Qt opens the lock semaphore before the
+/// segment, so name errors surface from the semaphore), returning the `/dev/shm` file name.
+pub(crate) fn posix_file_name(native_key: &str) -> Result<String, Error> {
+    if native_key.is_empty() {
+        return Err(Error::new(
+            ErrorKind::KeyError,
+            "QSharedMemoryPrivate::initKey: unable to set key on lock \
+             (QSystemSemaphore::handle: key is empty)",
+        ));
+    }
+    if let Err(e) = posix::shm_file_name(native_key, true) {
+        return Err(Error::from_init_key(
+            &crate::error::SemaphoreError::from_errno("QSystemSemaphore::handle", e.0),
+        ));
+    }
+    posix::shm_file_name(native_key, false)
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.0))
+}
+
+fn out_of_space(needed: usize) -> Error {
+    let free = posix::shm_space().map(|(free, _)| free).unwrap_or(0);
+    Error::with_errno(
+        ErrorKind::OutOfResources,
+        format!(
+            "QSharedMemory::create (posix_fallocate): out of resources (needed {needed} bytes, \
+             {free} bytes free in {})",
+            posix::SHM_DIR
+        ),
+        libc::ENOSPC,
+    )
+}
+
+/// Creates a qsharedmem POSIX segment of `size` bytes and attaches to it with `mode`.
+pub(crate) fn create_posix(
+    file_name: &str,
+    native_key: &str,
+    legacy_key: Option<&str>,
+    size: usize,
+    mode: AccessMode,
+) -> Result<Attachment, Error> {
+    let page = page_size();
+    let too_big = || {
+        Error::with_errno(
+            ErrorKind::InvalidSize,
+            "QSharedMemory::create: size too large",
+            libc::EFBIG,
+        )
+    };
+    let data_len = round_up(size, page).ok_or_else(too_big)?;
+    let total = data_len.checked_add(page).ok_or_else(too_big)?;
+    let (dir, fd) = posix::create_unnamed(total as u64, 0o600).map_err(|e| match e.0 {
+        libc::ENOSPC => out_of_space(total),
+        libc::EFBIG | libc::EINVAL => Error::from_errno("QSharedMemory::create (ftruncate)", e.0),
+        _ => Error::from_errno("QSharedMemory::create", e.0),
+    })?;
+    let whole = Mapping::map_file(fd.as_fd(), 0, total, true)
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
+    let control = ControlPage {
+        map: &whole,
+        base: data_len,
+    };
+    control
+        .initialise(size, native_key, legacy_key)
+        .map_err(|e| Error::from_errno("QSharedMemory::create (pthread_mutex_init)", e.0))?;
+    posix::lock_shared(fd.as_fd())
+        .map_err(|e| Error::from_errno("QSharedMemory::create (flock)", e.0))?;
+
+    let mut published = false;
+    for _ in 0..8 {
+        match posix::publish(dir.as_fd(), fd.as_fd(), file_name) {
+            Ok(()) => {
+                published = true;
+                break;
+            }
+            Err(Errno(libc::EEXIST)) => {
+                if !reclaim_orphan(file_name)? {
+                    return Err(Error::from_errno(
+                        "QSharedMemory::attach (shm_open)",
+                        libc::EEXIST,
+                    ));
+                }
+            }
+            Err(e) => return Err(Error::from_errno("QSharedMemory::attach (shm_open)", e.0)),
+        }
+    }
+    if !published {
+        return Err(Error::from_errno(
+            "QSharedMemory::attach (shm_open)",
+            libc::EEXIST,
+        ));
+    }
+
+    let generation = process::fork_generation();
+    if mode.is_writable() {
+        return Ok(Attachment {
+            size,
+            writable: true,
+            inner: Inner::Owned(Owned {
+                file_name: file_name.to_owned(),
+                data: whole,
+                control: None,
+                control_base: data_len,
+                refcount: Mutex::new(RefcountFd {
+                    fd: Some(fd),
+                    generation,
+                }),
+            }),
+        });
+    }
+    // A ReadOnly creator (Qt allows it) gets a read-only mapping from a read-only descriptor;
+    // the writable mapping is kept only for the control page (the lock lives there).
+    let ro_fd = posix::reopen(fd.as_fd(), false)
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.0))?;
+    posix::lock_shared(ro_fd.as_fd())
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (flock)", e.0))?;
+    drop(fd);
+    let data = Mapping::map_file(ro_fd.as_fd(), 0, total, false)
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
+    Ok(Attachment {
+        size,
+        writable: false,
+        inner: Inner::Owned(Owned {
+            file_name: file_name.to_owned(),
+            data,
+            control: Some((whole, data_len)),
+            control_base: data_len,
+            refcount: Mutex::new(RefcountFd {
+                fd: Some(ro_fd),
+                generation,
+            }),
+        }),
+    })
+}
+
+/// The name is taken. If it is a qsharedmem segment that nobody holds (all its users crashed),
+/// remove it and return true; if it is in use or not ours, return false.
+fn reclaim_orphan(file_name: &str) -> Result<bool, Error> {
+    let fd = match posix::open_existing(file_name, false) {
+        Ok(fd) => fd,
+        Err(Errno(libc::ENOENT)) => return Ok(true),
+        Err(Errno(libc::EACCES)) => {
+            // Another user's segment. Qt's create() fails replacing that user's semaphore; we
+            // give Qt's text for the same situation.
+            return Err(Error::from_init_key(
+                &crate::error::SemaphoreError::from_errno(
+                    "QSystemSemaphore::handle (sem_unlink)",
+                    libc::EACCES,
+                ),
+            ));
+        }
+        Err(e) => return Err(Error::from_errno("QSharedMemory::attach (shm_open)", e.0)),
+    };
+    if !posix::try_lock_exclusive(fd.as_fd()).unwrap_or(false) {
+        return Ok(false);
+    }
+    let Ok(st) = posix::fstat(fd.as_fd()) else {
+        return Ok(false);
+    };
+    let Ok(len) = usize::try_from(st.size) else {
+        return Ok(false);
+    };
+    if len == 0 {
+        return Ok(false);
+    }
+    let Ok(map) = Mapping::map_file(fd.as_fd(), 0, len, false) else {
+        return Ok(false);
+    };
+    if !matches!(classify(&map, st.size), Ok(Classified::Ours { .. })) {
+        // Never remove someone else's segment: a Qt application may be using it.
+        return Ok(false);
+    }
+    Ok(
+        posix::unlink_if_same(file_name, fd.as_fd()).unwrap_or(false)
+            || posix::stat_name(file_name).is_err(),
+    )
+}
+
+/// Opens and classifies the POSIX segment `file_name`. Retries while it is being destroyed.
+fn open_posix(file_name: &str, mode: AccessMode) -> Result<(OwnedFd, posix::FileStat), Error> {
+    for _ in 0..16 {
+        let fd = posix::open_existing(file_name, mode.is_writable()).map_err(|e| {
+            if e.0 == libc::EACCES {
+                // Qt reports another user's segment from its lock semaphore, which it opens
+                // first; we give the same text for the same situation.
+                Error::from_init_key(&crate::error::SemaphoreError::from_errno(
+                    "QSystemSemaphore::handle",
+                    e.0,
+                ))
+            } else {
+                Error::from_errno("QSharedMemory::attach (shm_open)", e.0)
+            }
+        })?;
+        posix::lock_shared(fd.as_fd())
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (flock)", e.0))?;
+        let st = posix::fstat(fd.as_fd())
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
+        if st.nlink > 0 {
+            return Ok((fd, st));
+        }
+        // The last detacher unlinked it between our open and our lock: look again.
+    }
+    Err(Error::from_errno(
+        "QSharedMemory::attach (shm_open)",
+        libc::ENOENT,
+    ))
+}
+
+/// The result of attaching by a POSIX key: ours, or someone else's (which needs Qt's
+/// semaphore as its lock, opened by the caller).
+pub(crate) enum PosixAttach {
+    /// A qsharedmem segment.
+    Ours(Attachment),
+    /// A foreign segment.
+    Foreign(Attachment),
+}
+
+/// Attaches to the POSIX segment `file_name`. `settle` runs if the file is empty (a foreign
+/// creator may be between creating and sizing it); the size is then read again.
+pub(crate) fn attach_posix(
+    file_name: &str,
+    mode: AccessMode,
+    settle: &mut dyn FnMut(),
+) -> Result<PosixAttach, Error> {
+    let writable = mode.is_writable();
+    let (fd, mut st) = open_posix(file_name, mode)?;
+    if st.size == 0 {
+        settle();
+        st = posix::fstat(fd.as_fd())
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
+    }
+    let len = usize::try_from(st.size)
+        .map_err(|_| Error::from_errno("QSharedMemory::attach (mmap)", libc::ENOMEM))?;
+    let data = Mapping::map_file(fd.as_fd(), 0, len, writable)
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
+    match classify(&data, st.size)? {
+        Classified::Ours { logical_size } => {
+            let page = page_size();
+            let control_base = len - page;
+            let control = if writable {
+                None
+            } else {
+                // The lock lives in the control page, which a read-only attacher must still be
+                // able to write; without write permission the lock is simply unavailable.
+                posix::reopen(fd.as_fd(), true).ok().and_then(|rw| {
+                    Mapping::map_file(rw.as_fd(), control_base as u64, page, true)
+                        .ok()
+                        .map(|m| (m, 0))
+                })
+            };
+            let generation = process::fork_generation();
+            Ok(PosixAttach::Ours(Attachment {
+                size: logical_size,
+                writable,
+                inner: Inner::Owned(Owned {
+                    file_name: file_name.to_owned(),
+                    data,
+                    control,
+                    control_base,
+                    refcount: Mutex::new(RefcountFd {
+                        fd: Some(fd),
+                        generation,
+                    }),
+                }),
+            }))
+        }
+        Classified::Foreign => {
+            // The descriptor keeps its shared flock: harmless for a foreign segment (we never
+            // unlink those), and it shows inspection tools that we are attached.
+            Ok(PosixAttach::Foreign(Attachment {
+                size: len,
+                writable,
+                inner: Inner::Foreign(Foreign { data, _fd: fd }),
+            }))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// System V.
+
+/// Qt's `QSharedMemoryPrivate::handle()` (System V): the IPC key of an existing key file.
+fn sysv_key(key_file: &CString, project_id: u8) -> Result<sysv::IpcKey, Error> {
+    sysv::ftok(key_file, project_id).map_err(|e| Error::from_errno("QSharedMemory::handle", e.0))
+}
+
+/// Creates a System V segment the way Qt does, reclaiming an orphan (a segment nobody is
+/// attached to) instead of failing. The caller holds `lock`.
+pub(crate) fn create_sysv(
+    native_key: &str,
+    project_id: u8,
+    size: usize,
+    mode: AccessMode,
+    lock: &Arc<SysVSemaphore>,
+) -> Result<Attachment, Error> {
+    if native_key.is_empty() {
+        return Err(Error::new(
+            ErrorKind::KeyError,
+            "QSharedMemory::handle:: key is empty",
+        ));
+    }
+    let unable = || {
+        Error::new(
+            ErrorKind::KeyError,
+            "QSharedMemory::handle:: unable to make key",
+        )
+    };
+    let key_file = sysv::key_path(native_key).map_err(|_| unable())?;
+    let created_file = sysv::create_key_file(&key_file).map_err(|_| unable())?;
+    let forget_file = |created: bool| {
+        if created {
+            let _ = sysv::remove_key_file(&key_file);
+        }
+    };
+    let key = match sysv_key(&key_file, project_id) {
+        Ok(key) => key,
+        Err(e) => {
+            forget_file(created_file);
+            return Err(e);
+        }
+    };
+    let flags = 0o600 | libc::IPC_CREAT | libc::IPC_EXCL;
+    let mut attempt = sysv::shm_get(key, size, flags);
+    if attempt == Err(Errno(libc::EEXIST)) {
+        // An orphan: every process that used it is gone (nattch 0) and we hold the lock, so no
+        // Qt or qsharedmem process is between creating and attaching it.
+        if let Ok(old) = sysv::shm_get(key, 0, 0) {
+            if sysv::shm_stat(old).is_ok_and(|st| st.attached == 0) {
+                let _ = sysv::shm_remove(old);
+                attempt = sysv::shm_get(key, size, flags);
+            }
+        }
+    }
+    let id = match attempt {
+        Ok(id) => id,
+        Err(Errno(libc::EINVAL)) => {
+            forget_file(created_file);
+            return Err(Error::with_errno(
+                ErrorKind::InvalidSize,
+                "QSharedMemory::handle: system-imposed size restrictions",
+                libc::EINVAL,
+            ));
+        }
+        Err(e) => {
+            if e.0 != libc::EEXIST {
+                forget_file(created_file);
+            }
+            return Err(Error::from_errno("QSharedMemory::create", e.0));
+        }
+    };
+    match attach_sysv_id(id, key_file.clone(), mode, lock) {
+        Ok(att) => Ok(att),
+        Err(e) => {
+            let _ = sysv::shm_remove(id);
+            forget_file(created_file);
+            Err(e)
+        }
+    }
+}
+
+/// Attaches to the System V segment of `native_key` the way Qt does. The caller holds `lock`.
+pub(crate) fn attach_sysv(
+    native_key: &str,
+    project_id: u8,
+    mode: AccessMode,
+    lock: &Arc<SysVSemaphore>,
+) -> Result<Attachment, Error> {
+    if native_key.is_empty() {
+        return Err(Error::new(
+            ErrorKind::KeyError,
+            "QSharedMemory::handle:: key is empty",
+        ));
+    }
+    let key_file = sysv::key_path(native_key).map_err(|_| {
+        Error::new(
+            ErrorKind::KeyError,
+            "QSharedMemory::handle:: unable to make key",
+        )
+    })?;
+    let key = sysv_key(&key_file, project_id)?;
+    let perms = if mode.is_writable() { 0o600 } else { 0o400 };
+    let id = sysv::shm_get(key, 0, perms)
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.0))?;
+    attach_sysv_id(id, key_file, mode, lock)
+}
+
+fn attach_sysv_id(
+    id: i32,
+    key_file: CString,
+    mode: AccessMode,
+    lock: &Arc<SysVSemaphore>,
+) -> Result<Attachment, Error> {
+    let st =
+        sysv::shm_stat(id).map_err(|e| Error::from_errno("QSharedMemory::attach (shmctl)", e.0))?;
+    let mapping = Mapping::attach_sysv(id, st.size, mode.is_writable())
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (shmat)", e.0))?;
+    Ok(Attachment {
+        size: st.size,
+        writable: mode.is_writable(),
+        inner: Inner::SysV(SysVAttachment {
+            shmid: id,
+            mapping: Some(mapping),
+            key_file,
+            lock: lock.clone(),
+        }),
+    })
+}
+
+/// Whether a System V segment exists for this key file right now.
+pub(crate) fn sysv_segment_exists(native_key: &str, project_id: u8) -> bool {
+    sysv::key_path(native_key)
+        .ok()
+        .and_then(|path| sysv::ftok(&path, project_id).ok())
+        .is_some_and(|key| sysv::shm_get(key, 0, 0).is_ok())
+}
+
+/// Waits for a foreign POSIX segment's creator to finish sizing it (Qt creates the object,
+/// then `ftruncate`s it, both under its semaphore).
+pub(crate) fn settle_foreign_size(lock: &LockPrimitive) {
+    let mut waited = Duration::ZERO;
+    let mut none = || {
+        waited += WAIT_SLICE;
+        waited >= Duration::from_secs(1)
+    };
+    if let Ok(got) = lock.acquire(Some(Duration::from_secs(1)), &mut none) {
+        let _ = lock.release(got == crate::lock::Acquired::OwnerDied);
+    }
+}

@@ -1,0 +1,422 @@
+//! The two `QSystemSemaphore` backends on Linux, with Qt's semantics for opening, creating,
+//! acquiring and cleaning up: System V semaphore sets (`SEM_UNDO`, crash-safe) and POSIX named
+//! semaphores (not crash-safe; that is Qt's design).
+//!
+//! `QSharedMemory`'s lock is a semaphore of one of these kinds (see [`crate::lock`]); so is the
+//! public `QSystemSemaphore`.
+
+use std::ffi::CString;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::{SemaphoreError, SemaphoreErrorKind};
+use crate::sys::namedsem::{self, NamedSemaphore, OpenMode};
+use crate::sys::sysv::{self, SemOp};
+use crate::sys::Errno;
+
+/// How to open a semaphore, as `QSystemSemaphore::AccessMode` plus our safer variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SemMode {
+    /// `QSystemSemaphore::Open`: use an existing semaphore, or create one with the initial value.
+    Open,
+    /// `QSystemSemaphore::Create`: take ownership; an existing System V semaphore is reset to the
+    /// initial value, an existing POSIX one is unlinked and replaced (Qt's takeover).
+    Create,
+}
+
+/// System V semaphore sets that qsharedmem creates for `QSharedMemory` locks have this many
+/// semaphores: number 0 is Qt's lock, number 1 is a "consistent" token that a holder takes
+/// without `SEM_UNDO`, so that a holder's death leaves it missing (see [`crate::lock`]).
+pub(crate) const LOCK_SET_SIZE: i32 = 2;
+
+/// A System V semaphore set used the way Qt's `QSystemSemaphorePrivate` (systemv) uses it.
+#[derive(Debug)]
+pub(crate) struct SysVSemaphore {
+    native_key: String,
+    key_file: CString,
+    project_id: u8,
+    initial_value: i32,
+    /// Size of the set when we create it (1 for plain `QSystemSemaphore`s, 2 for locks).
+    create_size: i32,
+    semid: AtomicI32,
+    /// How many semaphores the open set has (a set Qt created has 1).
+    size: AtomicI32,
+    created_file: AtomicBool,
+    created_semaphore: AtomicBool,
+    reopen: Mutex<()>,
+}
+
+fn sem_err(function: &str, errno: Errno) -> SemaphoreError {
+    SemaphoreError::from_errno(function, errno.0)
+}
+
+impl SysVSemaphore {
+    /// Qt's `handle(mode)` for a System V key: creates the key file (0640, `O_EXCL`), derives
+    /// the IPC key with `ftok`, opens or creates the set, and sets its initial value when it
+    /// created it (or, in Qt's `Create` mode only, always).
+    pub(crate) fn open(
+        native_key: &str,
+        project_id: u8,
+        initial_value: i32,
+        create_size: i32,
+        mode: SemMode,
+    ) -> Result<Self, SemaphoreError> {
+        if native_key.is_empty() {
+            return Err(SemaphoreError::new(
+                SemaphoreErrorKind::KeyError,
+                "QSystemSemaphore::handle:: key is empty",
+            ));
+        }
+        let key_file = sysv::key_path(native_key).map_err(|_| {
+            SemaphoreError::new(
+                SemaphoreErrorKind::KeyError,
+                "QSystemSemaphore::handle:: unable to make key",
+            )
+        })?;
+        let sem = Self {
+            native_key: native_key.to_owned(),
+            key_file,
+            project_id,
+            initial_value,
+            create_size,
+            semid: AtomicI32::new(-1),
+            size: AtomicI32::new(0),
+            created_file: AtomicBool::new(false),
+            created_semaphore: AtomicBool::new(false),
+            reopen: Mutex::new(()),
+        };
+        sem.handle(mode)?;
+        Ok(sem)
+    }
+
+    fn handle(&self, mode: SemMode) -> Result<i32, SemaphoreError> {
+        let created_file = sysv::create_key_file(&self.key_file).map_err(|_| {
+            SemaphoreError::new(
+                SemaphoreErrorKind::KeyError,
+                "QSystemSemaphore::handle:: unable to make key",
+            )
+        })?;
+        if created_file {
+            self.created_file.store(true, Ordering::Relaxed);
+        }
+        let key = sysv::ftok(&self.key_file, self.project_id).map_err(|_| {
+            SemaphoreError::new(
+                SemaphoreErrorKind::KeyError,
+                "QSystemSemaphore::handle:: ftok failed",
+            )
+        })?;
+        let flags = 0o600 | libc::IPC_CREAT;
+        let (id, created) = match sysv::sem_get(key, self.create_size, flags | libc::IPC_EXCL) {
+            Ok(id) => (id, true),
+            Err(Errno(libc::EEXIST)) => match sysv::sem_get(key, 1, flags) {
+                Ok(id) => (id, false),
+                Err(e) => return Err(self.fail_handle(e)),
+            },
+            Err(e) => return Err(self.fail_handle(e)),
+        };
+        let size = if created {
+            self.create_size
+        } else {
+            sysv::sem_count(id).map_or(1, |n| i32::try_from(n).unwrap_or(1))
+        };
+        if created {
+            // "Force cleanup of file, it is possible that it can be left over from a crash."
+            self.created_file.store(true, Ordering::Relaxed);
+            self.created_semaphore.store(true, Ordering::Relaxed);
+        }
+        if mode == SemMode::Create {
+            self.created_file.store(true, Ordering::Relaxed);
+            self.created_semaphore.store(true, Ordering::Relaxed);
+        }
+        if (created || mode == SemMode::Create) && self.initial_value >= 0 {
+            // A set we just created starts at 0; the extra "consistent" token (if any) starts
+            // present. Qt's Create mode resets an existing set too.
+            for num in 0..size {
+                let value = if num == 0 { self.initial_value } else { 1 };
+                if let Err(e) = sysv::sem_set_value(id, num, value) {
+                    return Err(self.fail_handle(e));
+                }
+            }
+        }
+        self.size.store(size, Ordering::Relaxed);
+        self.semid.store(id, Ordering::Release);
+        Ok(id)
+    }
+
+    fn fail_handle(&self, errno: Errno) -> SemaphoreError {
+        self.clean_handle();
+        sem_err("QSystemSemaphore::handle", errno)
+    }
+
+    /// The IPC id of the set, opening it again if needed.
+    pub(crate) fn id(&self) -> Result<i32, SemaphoreError> {
+        let id = self.semid.load(Ordering::Acquire);
+        if id >= 0 {
+            return Ok(id);
+        }
+        let _guard = self
+            .reopen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = self.semid.load(Ordering::Acquire);
+        if id >= 0 {
+            return Ok(id);
+        }
+        self.handle(SemMode::Open)
+    }
+
+    /// Whether the open set has the extra "consistent" token (sets we created for a lock do;
+    /// sets Qt created do not).
+    pub(crate) fn has_consistency_token(&self) -> bool {
+        self.size.load(Ordering::Relaxed) >= 2
+    }
+
+    /// Whether the set is open (false after [`Self::remove`], until an operation reopens it).
+    pub(crate) fn is_open(&self) -> bool {
+        self.semid.load(Ordering::Acquire) >= 0
+    }
+
+    /// The native key (the key file's path).
+    pub(crate) fn native_key(&self) -> &str {
+        &self.native_key
+    }
+
+    /// `semtimedop` on the set as it is, without Qt's recovery: `EIDRM`/`EINVAL` if it was
+    /// removed. Cleanup code uses this, because re-creating a semaphore that the last detacher
+    /// just removed would leave it behind.
+    pub(crate) fn operate_existing(
+        &self,
+        ops: &[SemOp],
+        timeout: Option<Duration>,
+    ) -> Result<(), Errno> {
+        let id = self.semid.load(Ordering::Acquire);
+        if id < 0 {
+            return Err(Errno(libc::EIDRM));
+        }
+        sysv::sem_op(id, ops, timeout)
+    }
+
+    /// `semtimedop` with Qt's recovery: if the set was removed under us (`EINVAL`/`EIDRM`), it
+    /// is opened (and if need be re-created) again and the operation retried.
+    pub(crate) fn operate(&self, ops: &[SemOp], timeout: Option<Duration>) -> Result<(), Errno> {
+        let mut attempts = 0;
+        loop {
+            let id = self
+                .id()
+                .map_err(|e| Errno(e.errno().unwrap_or(libc::EINVAL)))?;
+            // An "extra" semaphore number on a set Qt created (size 1) would be EFBIG; callers
+            // check `has_consistency_token` first, but a set can be replaced between calls.
+            match sysv::sem_op(id, ops, timeout) {
+                Err(Errno(libc::EINVAL | libc::EIDRM)) if attempts < 8 => {
+                    attempts += 1;
+                    let _ =
+                        self.semid
+                            .compare_exchange(id, -1, Ordering::AcqRel, Ordering::Relaxed);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Qt's `cleanHandle()`: unlinks the key file if this object created it and removes the set
+    /// if this object created it (or opened it in `Create` mode).
+    pub(crate) fn clean_handle(&self) {
+        let id = self.semid.swap(-1, Ordering::AcqRel);
+        if self.created_file.swap(false, Ordering::Relaxed) {
+            let _ = sysv::remove_key_file(&self.key_file);
+        }
+        if self.created_semaphore.swap(false, Ordering::Relaxed) && id >= 0 {
+            let _ = sysv::sem_remove(id);
+        }
+    }
+
+    /// Removes the set and its key file, whoever created them (the last user of a shared memory
+    /// segment does this, under the lock).
+    pub(crate) fn remove(&self) {
+        let id = self.semid.swap(-1, Ordering::AcqRel);
+        self.created_file.store(false, Ordering::Relaxed);
+        self.created_semaphore.store(false, Ordering::Relaxed);
+        let _ = sysv::remove_key_file(&self.key_file);
+        if id >= 0 {
+            let _ = sysv::sem_remove(id);
+        }
+    }
+
+    /// Forget ownership: after this, [`Self::clean_handle`] removes nothing.
+    pub(crate) fn disown(&self) {
+        self.created_file.store(false, Ordering::Relaxed);
+        self.created_semaphore.store(false, Ordering::Relaxed);
+    }
+
+    /// Whether this object created the set (so that, by Qt's rules, it cleans it up).
+    pub(crate) fn owns_semaphore(&self) -> bool {
+        self.created_semaphore.load(Ordering::Relaxed)
+    }
+}
+
+/// A POSIX named semaphore used the way Qt's `QSystemSemaphorePrivate` (posix) uses it.
+#[derive(Debug)]
+pub(crate) struct PosixSemaphore {
+    name: String,
+    sem: NamedSemaphore,
+    created: AtomicBool,
+}
+
+impl PosixSemaphore {
+    /// Qt's `handle(mode)` for a POSIX key.
+    pub(crate) fn open(
+        name: &str,
+        initial_value: u32,
+        mode: SemMode,
+    ) -> Result<Self, SemaphoreError> {
+        if name.is_empty() {
+            return Err(SemaphoreError::new(
+                SemaphoreErrorKind::KeyError,
+                "QSystemSemaphore::handle: key is empty",
+            ));
+        }
+        let max_tries = if mode == SemMode::Create { 3 } else { 2 };
+        let mut exclusive = true;
+        let mut last = Errno(libc::EEXIST);
+        for _ in 0..max_tries {
+            let how = if exclusive {
+                OpenMode::CreateNew {
+                    mode: 0o600,
+                    value: initial_value,
+                }
+            } else {
+                OpenMode::Existing
+            };
+            match NamedSemaphore::open(name, how) {
+                Ok(sem) => {
+                    return Ok(Self {
+                        name: name.to_owned(),
+                        sem,
+                        created: AtomicBool::new(exclusive),
+                    });
+                }
+                Err(Errno(libc::EEXIST)) if mode == SemMode::Create => {
+                    if let Err(e) = namedsem::unlink(name) {
+                        if e.0 != libc::ENOENT {
+                            return Err(sem_err("QSystemSemaphore::handle (sem_unlink)", e));
+                        }
+                    }
+                    last = Errno(libc::EEXIST);
+                }
+                Err(Errno(libc::EEXIST)) => {
+                    exclusive = false;
+                    last = Errno(libc::EEXIST);
+                }
+                Err(Errno(libc::ENOENT)) if !exclusive => {
+                    // Unlinked between our two attempts: create it after all.
+                    exclusive = true;
+                    last = Errno(libc::ENOENT);
+                }
+                Err(e) => return Err(sem_err("QSystemSemaphore::handle", e)),
+            }
+        }
+        Err(sem_err("QSystemSemaphore::handle", last))
+    }
+
+    /// The open semaphore.
+    pub(crate) fn semaphore(&self) -> &NamedSemaphore {
+        &self.sem
+    }
+
+    /// The name passed to `sem_open`.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether this object created the named semaphore (then, by Qt's rules, it unlinks it).
+    pub(crate) fn owns_semaphore(&self) -> bool {
+        self.created.load(Ordering::Relaxed)
+    }
+
+    /// Qt's `cleanHandle()` on the name: unlinks it if this object created it.
+    pub(crate) fn clean_handle(&self) {
+        if self.created.swap(false, Ordering::Relaxed) {
+            let _ = namedsem::unlink(&self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_key(tag: &str) -> String {
+        std::env::temp_dir()
+            .join(format!("qsm-semaphore-test-{}-{tag}", std::process::id()))
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn sysv_open_creates_set_and_clean_handle_removes_it() {
+        let key = temp_key("sysv");
+        let sem = SysVSemaphore::open(&key, 0x51, 1, LOCK_SET_SIZE, SemMode::Open).unwrap();
+        assert!(sem.has_consistency_token());
+        let id = sem.id().unwrap();
+        assert_eq!(sysv::sem_value(id, 0).unwrap(), 1);
+        assert_eq!(sysv::sem_value(id, 1).unwrap(), 1);
+        // A second opener sees the same set and does not own it.
+        let other = SysVSemaphore::open(&key, 0x51, 1, LOCK_SET_SIZE, SemMode::Open).unwrap();
+        assert_eq!(other.id().unwrap(), id);
+        assert!(!other.owns_semaphore());
+        other.clean_handle();
+        assert_eq!(sysv::sem_value(id, 0).unwrap(), 1);
+        sem.clean_handle();
+        assert!(sysv::sem_value(id, 0).is_err());
+        assert!(!sysv::key_file_exists(&sysv::key_path(&key).unwrap()));
+    }
+
+    #[test]
+    fn sysv_operation_recreates_a_removed_set() {
+        let key = temp_key("recreate");
+        let sem = SysVSemaphore::open(&key, 0x51, 1, 1, SemMode::Open).unwrap();
+        let first = sem.id().unwrap();
+        sysv::sem_remove(first).unwrap();
+        let take = SemOp {
+            num: 0,
+            delta: -1,
+            undo: true,
+            no_wait: true,
+        };
+        sem.operate(&[take], None).unwrap();
+        sem.operate(&[SemOp { delta: 1, ..take }], None).unwrap();
+        sem.remove();
+    }
+
+    #[test]
+    fn sysv_empty_key_and_missing_directory_errors_are_qts() {
+        let e = SysVSemaphore::open("", 0x51, 1, 1, SemMode::Open).unwrap_err();
+        assert_eq!(e.message(), "QSystemSemaphore::handle:: key is empty");
+        let e =
+            SysVSemaphore::open("/nonexistent-dir-qsm/x", 0x51, 1, 1, SemMode::Open).unwrap_err();
+        assert_eq!(e.kind(), SemaphoreErrorKind::KeyError);
+        assert_eq!(e.message(), "QSystemSemaphore::handle:: unable to make key");
+    }
+
+    #[test]
+    fn posix_open_and_create_follow_qt() {
+        let name = format!("/qsm-semaphore-test-{}", std::process::id());
+        let first = PosixSemaphore::open(&name, 1, SemMode::Open).unwrap();
+        assert!(first.owns_semaphore());
+        let second = PosixSemaphore::open(&name, 1, SemMode::Open).unwrap();
+        assert!(!second.owns_semaphore());
+        first.semaphore().try_wait().unwrap();
+        assert_eq!(second.semaphore().value().unwrap(), 0);
+        first.clean_handle();
+        drop(second);
+        assert_eq!(namedsem::unlink(&name), Err(Errno(libc::ENOENT)));
+        let e = PosixSemaphore::open("/a/b", 1, SemMode::Open).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "QSystemSemaphore::handle: unknown error: Invalid argument"
+        );
+        let e = PosixSemaphore::open("", 1, SemMode::Open).unwrap_err();
+        assert_eq!(e.message(), "QSystemSemaphore::handle: key is empty");
+    }
+}

@@ -1,0 +1,838 @@
+//! [`SharedMemory`]: `QSharedMemory` with Qt's state machine (key, error, lock ownership), built
+//! on [`crate::segment`] and [`crate::lock`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorKind};
+use crate::key::{IpcObject, KeyType, NativeIpcKey};
+use crate::lock::{Acquired, LockFailure, LockGuard, LockPrimitive};
+use crate::segment::{self, AccessMode, Attachment, PosixAttach, SegmentKind};
+use crate::semaphore::{PosixSemaphore, SemMode, SysVSemaphore, LOCK_SET_SIZE};
+use crate::sys::process;
+
+/// The backend a key type selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Posix,
+    SysV { project_id: u8 },
+}
+
+fn backend(key_type: KeyType) -> Option<Backend> {
+    let raw = key_type.raw();
+    if raw <= 0xff {
+        // Qt routes every value up to 0xff to System V, the invalid type 0 included (its ftok
+        // project id is then 0, which works).
+        Some(Backend::SysV {
+            project_id: raw as u8,
+        })
+    } else if key_type == KeyType::POSIX_REALTIME {
+        Some(Backend::Posix)
+    } else {
+        None
+    }
+}
+
+/// Holding the lock: how it was acquired.
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    recovered: bool,
+    thread: i32,
+}
+
+/// `QSharedMemory`: access to a shared memory segment by key, with Qt's semantics.
+///
+/// A handle has a key; [`create`](Self::create) makes the segment and attaches to it,
+/// [`attach`](Self::attach) attaches to an existing one, [`detach`](Self::detach) lets go. The
+/// segment is destroyed when the last handle in any process detaches, also when processes
+/// crash. [`lock`](Self::lock) takes the segment's cross-process lock.
+///
+/// Every fallible operation returns a [`Result`](crate::Result) *and* records Qt's error state:
+/// [`error`](Self::error) and [`error_string`](Self::error_string) follow Qt 6.12's rules
+/// (which failures set them, which leave them alone).
+///
+/// ```
+/// use qsharedmem::{AccessMode, KeyType, SharedMemory};
+/// let key = SharedMemory::platform_safe_key(&format!("doc-{}", std::process::id()), KeyType::POSIX_REALTIME);
+/// let mut writer = SharedMemory::with_key(key.clone());
+/// writer.create(16, AccessMode::ReadWrite)?;
+/// writer.lock()?.as_mut_slice().unwrap()[..5].copy_from_slice(b"hello");
+///
+/// let mut reader = SharedMemory::with_key(key);
+/// reader.attach(AccessMode::ReadOnly)?;
+/// assert_eq!(&reader.lock()?.as_slice().unwrap()[..5], b"hello");
+/// assert_eq!(reader.size(), 16);
+/// # Ok::<(), qsharedmem::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct SharedMemory {
+    key: NativeIpcKey,
+    attachment: Option<Arc<Attachment>>,
+    /// Qt's embedded semaphore: set up by create()/attach(), kept across detach() (except the
+    /// mutex of a qsharedmem POSIX segment, which lives in the segment).
+    lock: Option<LockPrimitive>,
+    /// The key `lock` was set up for (after `set_native_key` it can differ from `key`).
+    lock_key: NativeIpcKey,
+    held: Option<Held>,
+    owner_died: bool,
+    last_error: Option<Error>,
+    fork_generation: u64,
+}
+
+impl Default for SharedMemory {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A wait that is never interrupted.
+fn uninterrupted() -> bool {
+    false
+}
+
+fn interrupted_error(function: &str) -> Error {
+    Error::new(ErrorKind::LockError, format!("{function}: interrupted"))
+}
+
+impl SharedMemory {
+    /// `QSharedMemory()`: a handle with an empty key (type `PosixRealtime`).
+    #[doc(alias = "QSharedMemory::QSharedMemory")]
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            key: NativeIpcKey::default(),
+            attachment: None,
+            lock: None,
+            lock_key: NativeIpcKey::default(),
+            held: None,
+            owner_died: false,
+            last_error: None,
+            fork_generation: process::fork_generation(),
+        }
+    }
+
+    /// `QSharedMemory(const QNativeIpcKey &key)`. An unsupported key type leaves the key empty
+    /// and records `KeyError`, as Qt does.
+    #[must_use]
+    pub fn with_key(key: NativeIpcKey) -> Self {
+        let mut shm = Self::new();
+        let _ = shm.set_native_key(key);
+        shm
+    }
+
+    /// `QSharedMemory(const QString &key)`: a legacy key, derived with
+    /// [`legacy_native_key`](Self::legacy_native_key) (System V on Linux, as in Qt).
+    #[must_use]
+    pub fn with_legacy_key(key: &str) -> Self {
+        Self::with_key(Self::legacy_native_key(
+            key,
+            KeyType::legacy_default_for_os(),
+        ))
+    }
+
+    /// `QSharedMemory::platformSafeKey(key, type)`.
+    #[must_use]
+    pub fn platform_safe_key(key: &str, key_type: KeyType) -> NativeIpcKey {
+        NativeIpcKey::platform_safe(key, IpcObject::SharedMemory, key_type)
+    }
+
+    /// `QSharedMemory::legacyNativeKey(key, type)`.
+    #[must_use]
+    pub fn legacy_native_key(key: &str, key_type: KeyType) -> NativeIpcKey {
+        NativeIpcKey::legacy(key, IpcObject::SharedMemory, key_type)
+    }
+
+    /// `QSharedMemory::isKeyTypeSupported(type)`: System V (1..=255, and the invalid type 0,
+    /// which Qt routes to System V) and POSIX realtime on Linux. Unlike Qt, unknown values
+    /// (0x102 and up) are reported as unsupported, because using them is undefined in Qt.
+    #[must_use]
+    pub fn is_key_type_supported(key_type: KeyType) -> bool {
+        backend(key_type).is_some()
+    }
+
+    /// `QSharedMemory::key()`: the legacy key, if the native key was derived from one.
+    #[must_use]
+    pub fn key(&self) -> Option<&str> {
+        self.key.legacy_key()
+    }
+
+    /// `QSharedMemory::nativeKey()`.
+    #[must_use]
+    pub fn native_key(&self) -> &str {
+        self.key.native_key()
+    }
+
+    /// `QSharedMemory::nativeIpcKey()`.
+    #[must_use]
+    pub fn native_ipc_key(&self) -> &NativeIpcKey {
+        &self.key
+    }
+
+    /// `QSharedMemory::setKey(key)`: `set_native_key(legacy_native_key(key))`.
+    pub fn set_key(&mut self, key: &str) {
+        let _ = self.set_native_key(Self::legacy_native_key(
+            key,
+            KeyType::legacy_default_for_os(),
+        ));
+    }
+
+    /// `QSharedMemory::setNativeKey(key)`. Detaches first if attached, even when the key is the
+    /// same (Qt does, although its documentation says otherwise); an empty key equal to the
+    /// current one changes nothing. An unsupported type records `KeyError` and keeps the key.
+    ///
+    /// # Errors
+    /// `KeyError` for an unsupported key type.
+    pub fn set_native_key(&mut self, key: NativeIpcKey) -> crate::Result<()> {
+        if key == self.key && key.is_empty() {
+            return Ok(());
+        }
+        if !Self::is_key_type_supported(key.key_type()) {
+            return Err(self.record(Error::new(
+                ErrorKind::KeyError,
+                "QSharedMemory::setNativeKey: unsupported key type",
+            )));
+        }
+        if self.is_attached() {
+            let _ = self.detach();
+        }
+        self.key = key;
+        Ok(())
+    }
+
+    /// `QSharedMemory::error()`: the last recorded error, `None` for `NoError`.
+    #[must_use]
+    pub fn error(&self) -> Option<&Error> {
+        self.last_error.as_ref()
+    }
+
+    /// `QSharedMemory::errorString()`: the last recorded error's text, "" for `NoError`.
+    #[must_use]
+    pub fn error_string(&self) -> &str {
+        self.last_error.as_ref().map_or("", Error::message)
+    }
+
+    /// `QSharedMemory::isAttached()`.
+    #[must_use]
+    pub fn is_attached(&self) -> bool {
+        self.attachment.is_some()
+    }
+
+    /// `QSharedMemory::size()`: the segment's size, 0 when not attached.
+    #[must_use]
+    pub fn size(&self) -> usize {
+        self.attachment.as_ref().map_or(0, |a| a.size())
+    }
+
+    /// Which kind of segment this handle is attached to.
+    #[must_use]
+    pub fn segment_kind(&self) -> Option<SegmentKind> {
+        self.attachment.as_ref().map(|a| a.kind())
+    }
+
+    /// The attachment, shared with anything that must keep the memory mapped (the Python
+    /// buffer exports); the mapping ends when the last reference goes.
+    #[must_use]
+    pub fn attachment(&self) -> Option<&Arc<Attachment>> {
+        self.attachment.as_ref()
+    }
+
+    /// The first byte of the segment, or null when not attached. Reading or writing through it
+    /// is only race-free while holding the lock; prefer [`lock`](Self::lock).
+    #[must_use]
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.attachment
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |a| a.as_ptr())
+    }
+
+    /// Whether this handle holds the lock.
+    #[must_use]
+    pub fn is_locked(&self) -> bool {
+        self.held.is_some() && self.fork_generation == process::fork_generation()
+    }
+
+    /// Whether the last successful [`lock`](Self::lock) found that the previous holder had
+    /// died while holding it (the data it protected may be half-written).
+    #[must_use]
+    pub fn lock_owner_died(&self) -> bool {
+        self.owner_died
+    }
+
+    fn record(&mut self, error: Error) -> Error {
+        self.last_error = Some(error.clone());
+        error
+    }
+
+    /// After `fork()`, a child's handle must neither use the parent's `flock` nor believe it
+    /// holds the parent's lock.
+    fn refresh_after_fork(&mut self) {
+        let now = process::fork_generation();
+        if now != self.fork_generation {
+            self.fork_generation = now;
+            if let Some(att) = &self.attachment {
+                att.rehome_after_fork();
+            }
+            self.held = None;
+            self.owner_died = false;
+        }
+    }
+
+    /// Makes this handle independent of its parent after `fork()` (idempotent). Every
+    /// operation does this by itself; calling it right after the fork also protects a segment
+    /// the child keeps attached without touching it.
+    pub fn after_fork(&mut self) {
+        self.refresh_after_fork();
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The lock.
+
+    /// Releases a lock primitive this handle no longer needs. By Qt's rules the object that
+    /// created a System V semaphore cleans it up; we only do so when no segment exists any
+    /// more for the key (Qt removes it regardless, breaking other users' locks).
+    fn drop_lock_primitive(&mut self) {
+        if self.held.is_some() {
+            let _ = self.unlock();
+        }
+        match self.lock.take() {
+            Some(LockPrimitive::Posix(sem)) => sem.clean_handle(),
+            Some(LockPrimitive::SysV(sem)) if sem.owns_semaphore() => {
+                if let Some(Backend::SysV { project_id }) = backend(self.lock_key.key_type()) {
+                    // Never waits: a busy lock means the semaphore is in use.
+                    if let Ok(Some(recovered)) =
+                        crate::lock::acquire_for_cleanup(&sem, Duration::ZERO)
+                    {
+                        if !segment::sysv_segment_exists(self.lock_key.native_key(), project_id) {
+                            sem.remove();
+                        }
+                        crate::lock::release_after_cleanup(&sem, recovered);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Qt's `initKey()`: sets up the lock for the current key, clearing the error on success.
+    /// `creating` is Qt's semaphore mode (Create for create(), Open for attach()).
+    fn init_key(&mut self, creating: bool) -> crate::Result<Backend> {
+        let Some(found) = backend(self.key.key_type()) else {
+            return Err(self.record(Error::new(
+                ErrorKind::KeyError,
+                "QSharedMemory::setNativeKey: unsupported key type",
+            )));
+        };
+        match found {
+            Backend::SysV { project_id } => {
+                let sem_key = match self.key.legacy_key() {
+                    Some(legacy) => NativeIpcKey::legacy(
+                        legacy,
+                        IpcObject::SystemSemaphore,
+                        self.key.key_type(),
+                    )
+                    .native_key()
+                    .to_owned(),
+                    None => self.key.native_key().to_owned(),
+                };
+                let reusable = matches!(&self.lock, Some(LockPrimitive::SysV(s)) if s.native_key() == sem_key && !sem_key.is_empty());
+                if !reusable {
+                    self.drop_lock_primitive();
+                    match SysVSemaphore::open(&sem_key, project_id, 1, LOCK_SET_SIZE, SemMode::Open)
+                    {
+                        Ok(sem) => {
+                            self.lock = Some(LockPrimitive::SysV(Arc::new(sem)));
+                            self.lock_key = self.key.clone();
+                        }
+                        Err(e) => return Err(self.record(Error::from_init_key(&e))),
+                    }
+                }
+            }
+            Backend::Posix => {
+                if self.key.is_empty() && !creating {
+                    // Qt's embedded semaphore starts with this very key (empty, POSIX), and
+                    // re-keying it in Open mode to the same key is a no-op: the error comes from
+                    // the segment backend instead.
+                    return Err(self.record(Error::new(
+                        ErrorKind::KeyError,
+                        "QSharedMemory::handle: key is empty",
+                    )));
+                }
+                if let Err(e) = segment::posix_file_name(self.key.native_key()) {
+                    return Err(self.record(e));
+                }
+            }
+        }
+        self.last_error = None;
+        Ok(found)
+    }
+
+    /// Takes the lock for an internal operation (create/attach/detach) unless this handle
+    /// already holds it. Returns whether the operation must release it afterwards.
+    fn lock_internally(
+        &mut self,
+        function: &str,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> crate::Result<Option<LockPrimitive>> {
+        if self.held.is_some() {
+            return Ok(None);
+        }
+        let Some(primitive) = self.lock.clone() else {
+            return Ok(None);
+        };
+        match primitive.acquire(None, interrupt) {
+            Ok(_) => Ok(Some(primitive)),
+            Err(LockFailure::Interrupted) => Err(interrupted_error(function)),
+            Err(_) => Err(self.record(Error::new(
+                ErrorKind::LockError,
+                format!("{function}: unable to lock"),
+            ))),
+        }
+    }
+
+    fn unlock_internally(taken: Option<LockPrimitive>) {
+        if let Some(primitive) = taken {
+            if let LockPrimitive::SysV(sem) = &primitive {
+                if !sem.is_open() {
+                    // The semaphore was removed with the segment (we were the last user).
+                    primitive.forget_held();
+                    return;
+                }
+            }
+            let _ = primitive.release(false);
+        }
+    }
+
+    /// `QSharedMemory::lock()` with a timeout and an interrupt check: waits at most `timeout`
+    /// (`None`: as long as it takes), running `interrupt` between wait slices (at least every
+    /// 100 ms); if it returns true, the wait ends with a `LockError` "interrupted" that is not
+    /// recorded. Returns whether the previous holder died while holding the lock.
+    ///
+    /// As in Qt: locking a handle that already holds the lock returns `Ok` at once; `lock()`
+    /// works without being attached once a create()/attach() set up the lock (System V and
+    /// foreign POSIX segments). Unlike Qt, locking through a second handle on the thread that
+    /// holds the lock fails instead of waiting forever, and a dead holder is detected.
+    ///
+    /// # Errors
+    /// `LockError`: no lock set up yet, timed out, would deadlock, interrupted, or an OS error.
+    pub fn lock_with(
+        &mut self,
+        timeout: Option<Duration>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> crate::Result<bool> {
+        self.refresh_after_fork();
+        if self.held.is_some() {
+            return Ok(self.owner_died);
+        }
+        let Some(primitive) = self.lock.clone() else {
+            return Err(self.record(Error::new(
+                ErrorKind::LockError,
+                "QSharedMemory::lock: unable to lock",
+            )));
+        };
+        match primitive.acquire(timeout, interrupt) {
+            Ok(got) => Ok(self.note_locked(got)),
+            Err(failure) => Err(self.lock_failure(failure)),
+        }
+    }
+
+    /// One attempt to lock without waiting: `Ok(None)` if another holder has it.
+    ///
+    /// # Errors
+    /// As [`lock_with`](Self::lock_with), except that a busy lock is `Ok(None)`.
+    pub fn try_lock_raw(&mut self) -> crate::Result<Option<bool>> {
+        self.refresh_after_fork();
+        if self.held.is_some() {
+            return Ok(Some(self.owner_died));
+        }
+        let Some(primitive) = self.lock.as_ref() else {
+            return Err(self.record(Error::new(
+                ErrorKind::LockError,
+                "QSharedMemory::lock: unable to lock",
+            )));
+        };
+        match primitive.try_acquire() {
+            Ok(Some(got)) => Ok(Some(self.note_locked(got))),
+            Ok(None) => Ok(None),
+            Err(failure) => Err(self.lock_failure(failure)),
+        }
+    }
+
+    fn note_locked(&mut self, got: Acquired) -> bool {
+        let recovered = got == Acquired::OwnerDied;
+        self.held = Some(Held {
+            recovered,
+            thread: process::thread_id(),
+        });
+        self.owner_died = recovered;
+        recovered
+    }
+
+    fn lock_failure(&mut self, failure: LockFailure) -> Error {
+        let error = match failure {
+            LockFailure::Interrupted => return interrupted_error("QSharedMemory::lock"),
+            LockFailure::TimedOut => {
+                Error::with_errno(ErrorKind::LockError, "QSharedMemory::lock: unable to lock (timed out)", libc::ETIMEDOUT)
+            }
+            LockFailure::WouldDeadlock => Error::with_errno(
+                ErrorKind::LockError,
+                "QSharedMemory::lock: unable to lock (this thread already holds the lock through another handle)",
+                libc::EDEADLK,
+            ),
+            LockFailure::Os(e) => Error::with_errno(ErrorKind::LockError, "QSharedMemory::lock: unable to lock", e.0),
+        };
+        self.record(error)
+    }
+
+    /// `QSharedMemory::lock()`: waits as long as it takes; returns a guard that unlocks when
+    /// dropped.
+    ///
+    /// # Errors
+    /// `LockError` (see [`lock_with`](Self::lock_with)).
+    pub fn lock(&mut self) -> crate::Result<LockGuard<'_>> {
+        let owner_died = self.lock_with(None, &mut uninterrupted)?;
+        Ok(LockGuard {
+            shm: self,
+            owner_died,
+        })
+    }
+
+    /// Locks, waiting at most `timeout`.
+    ///
+    /// # Errors
+    /// `LockError`, also when the timeout passes.
+    pub fn lock_timeout(&mut self, timeout: Duration) -> crate::Result<LockGuard<'_>> {
+        let owner_died = self.lock_with(Some(timeout), &mut uninterrupted)?;
+        Ok(LockGuard {
+            shm: self,
+            owner_died,
+        })
+    }
+
+    /// Locks if nobody else holds the lock right now; `Ok(None)` otherwise.
+    ///
+    /// # Errors
+    /// `LockError` if there is no lock to take or the OS refused.
+    pub fn try_lock(&mut self) -> crate::Result<Option<LockGuard<'_>>> {
+        match self.try_lock_raw()? {
+            Some(owner_died) => Ok(Some(LockGuard {
+                shm: self,
+                owner_died,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// `QSharedMemory::unlock()`. Not holding the lock is an error that Qt does not record.
+    ///
+    /// # Errors
+    /// `LockError`: not locked, locked by another thread (the robust mutex can only be
+    /// released by its holder, so this is refused for every backend alike), or an OS error.
+    pub fn unlock(&mut self) -> crate::Result<()> {
+        self.refresh_after_fork();
+        let Some(held) = self.held else {
+            return Err(Error::new(
+                ErrorKind::LockError,
+                "QSharedMemory::unlock: not locked",
+            ));
+        };
+        let Some(primitive) = self.lock.clone() else {
+            self.held = None;
+            return Err(self.record(Error::new(
+                ErrorKind::LockError,
+                "QSharedMemory::unlock: unable to unlock",
+            )));
+        };
+        if held.thread != process::thread_id() {
+            return Err(self.record(Error::with_errno(
+                ErrorKind::LockError,
+                "QSharedMemory::unlock: unable to unlock (locked by another thread)",
+                libc::EPERM,
+            )));
+        }
+        self.held = None;
+        primitive.release(held.recovered).map_err(|e| {
+            self.record(Error::with_errno(
+                ErrorKind::LockError,
+                "QSharedMemory::unlock: unable to unlock",
+                e.0,
+            ))
+        })
+    }
+
+    pub(crate) fn locked_slice(&self) -> Option<&[u8]> {
+        self.attachment
+            .as_ref()
+            .map(|att| crate::lock::guarded_slice(att))
+    }
+
+    pub(crate) fn locked_slice_mut(&mut self) -> Option<&mut [u8]> {
+        let att = self.attachment.as_ref()?;
+        if !att.is_writable() {
+            return None;
+        }
+        Some(crate::lock::guarded_slice_mut(att))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // create / attach / detach.
+
+    /// `QSharedMemory::create(size, mode)`.
+    ///
+    /// # Errors
+    /// Qt's: `KeyError` (empty or bad key), `InvalidSize` (0), `AlreadyExists`,
+    /// `OutOfResources` (with the bytes needed and free), `PermissionDenied`, `LockError`...
+    pub fn create(&mut self, size: usize, mode: AccessMode) -> crate::Result<()> {
+        self.create_with(size, mode, &mut uninterrupted)
+    }
+
+    /// [`create`](Self::create) with an interrupt check for the wait on the lock (System V).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    pub fn create_with(
+        &mut self,
+        size: usize,
+        mode: AccessMode,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> crate::Result<()> {
+        self.refresh_after_fork();
+        let backend = self.init_key(true)?;
+        let too_small = || {
+            Error::new(
+                ErrorKind::InvalidSize,
+                "QSharedMemory::create: create size is less then 0",
+            )
+        };
+        match backend {
+            Backend::SysV { project_id } => {
+                let taken = self.lock_internally("QSharedMemory::create", interrupt)?;
+                let result = if size == 0 {
+                    Err(too_small())
+                } else if let Some(LockPrimitive::SysV(sem)) = &self.lock {
+                    segment::create_sysv(self.key.native_key(), project_id, size, mode, sem)
+                } else {
+                    Err(Error::new(
+                        ErrorKind::LockError,
+                        "QSharedMemory::create: unable to lock",
+                    ))
+                };
+                Self::unlock_internally(taken);
+                let att = result.map_err(|e| self.record(e))?;
+                self.attachment = Some(Arc::new(att));
+            }
+            Backend::Posix => {
+                if size == 0 {
+                    return Err(self.record(too_small()));
+                }
+                let file_name =
+                    segment::posix_file_name(self.key.native_key()).map_err(|e| self.record(e))?;
+                if self.is_attached() {
+                    // Qt does not check isAttached() in create(); the name is ours and taken.
+                    return Err(self.record(Error::from_errno(
+                        "QSharedMemory::attach (shm_open)",
+                        libc::EEXIST,
+                    )));
+                }
+                let att = segment::create_posix(
+                    &file_name,
+                    self.key.native_key(),
+                    self.key.legacy_key(),
+                    size,
+                    mode,
+                )
+                .map_err(|e| self.record(e))?;
+                let att = Arc::new(att);
+                segment::track(&att);
+                self.drop_lock_primitive();
+                self.lock = Some(LockPrimitive::Mutex(att.clone()));
+                self.attachment = Some(att);
+            }
+        }
+        Ok(())
+    }
+
+    /// `QSharedMemory::attach(mode)`. Attaching an attached handle is an error Qt does not
+    /// record.
+    ///
+    /// # Errors
+    /// Qt's: `KeyError`, `NotFound`, `PermissionDenied`, `LockError`...
+    pub fn attach(&mut self, mode: AccessMode) -> crate::Result<()> {
+        self.attach_with(mode, &mut uninterrupted)
+    }
+
+    /// [`attach`](Self::attach) with an interrupt check for the wait on the lock (System V).
+    ///
+    /// # Errors
+    /// As [`attach`](Self::attach).
+    pub fn attach_with(
+        &mut self,
+        mode: AccessMode,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> crate::Result<()> {
+        self.refresh_after_fork();
+        if self.is_attached() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                "QSharedMemory::attach: already attached",
+            ));
+        }
+        match self.init_key(false)? {
+            Backend::SysV { project_id } => {
+                let taken = self.lock_internally("QSharedMemory::attach", interrupt)?;
+                let result = match &self.lock {
+                    Some(LockPrimitive::SysV(sem)) => {
+                        let result =
+                            segment::attach_sysv(self.key.native_key(), project_id, mode, sem);
+                        if result.is_err()
+                            && sem.owns_semaphore()
+                            && !segment::sysv_segment_exists(self.key.native_key(), project_id)
+                        {
+                            // We made the lock for a segment that does not exist: take it away
+                            // again (we hold it, so nobody is inside).
+                            sem.remove();
+                        }
+                        result
+                    }
+                    _ => Err(Error::new(
+                        ErrorKind::LockError,
+                        "QSharedMemory::attach: unable to lock",
+                    )),
+                };
+                Self::unlock_internally(taken);
+                if matches!(&self.lock, Some(LockPrimitive::SysV(sem)) if !sem.is_open()) {
+                    self.lock = None;
+                }
+                let att = result.map_err(|e| self.record(e))?;
+                self.attachment = Some(Arc::new(att));
+            }
+            Backend::Posix => {
+                let file_name =
+                    segment::posix_file_name(self.key.native_key()).map_err(|e| self.record(e))?;
+                match segment::attach_posix(&file_name, mode, &mut || self.settle_foreign()) {
+                    Ok(PosixAttach::Ours(att)) => {
+                        let att = Arc::new(att);
+                        segment::track(&att);
+                        self.drop_lock_primitive();
+                        self.lock = Some(LockPrimitive::Mutex(att.clone()));
+                        self.attachment = Some(att);
+                    }
+                    Ok(PosixAttach::Foreign(att)) => {
+                        let sem = self.open_qt_posix_semaphore().map_err(|e| self.record(e))?;
+                        self.drop_lock_primitive();
+                        self.lock = Some(LockPrimitive::Posix(sem));
+                        self.attachment = Some(Arc::new(att));
+                    }
+                    Err(e) => return Err(self.record(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Qt's semaphore for the current POSIX key: `/qipc_systemsem_…` for legacy keys, the
+    /// segment's own name otherwise.
+    fn qt_posix_semaphore_name(&self) -> String {
+        match self.key.legacy_key() {
+            Some(legacy) => {
+                NativeIpcKey::legacy(legacy, IpcObject::SystemSemaphore, KeyType::POSIX_REALTIME)
+                    .native_key()
+                    .to_owned()
+            }
+            None => self.key.native_key().to_owned(),
+        }
+    }
+
+    fn open_qt_posix_semaphore(&self) -> crate::Result<Arc<PosixSemaphore>> {
+        let name = self.qt_posix_semaphore_name();
+        if let Some(LockPrimitive::Posix(sem)) = &self.lock {
+            if sem.name() == name {
+                return Ok(sem.clone());
+            }
+        }
+        PosixSemaphore::open(&name, 1, SemMode::Open)
+            .map(Arc::new)
+            .map_err(|e| Error::from_init_key(&e))
+    }
+
+    /// A foreign segment of size 0 is most likely being created by Qt right now (it sizes the
+    /// object under its semaphore): wait for that semaphore, briefly.
+    fn settle_foreign(&self) {
+        if let Ok(sem) = self.open_qt_posix_semaphore() {
+            segment::settle_foreign_size(&LockPrimitive::Posix(sem.clone()));
+            if !sem.owns_semaphore() {
+                return;
+            }
+            sem.clean_handle();
+        }
+    }
+
+    /// `QSharedMemory::detach()`: always lets go of the memory; buffers taken from it stay
+    /// valid until they are released. If this handle holds the lock, the lock is released
+    /// (as in Qt). The last detacher of a segment destroys it.
+    ///
+    /// # Errors
+    /// Not attached (not recorded, as in Qt); `LockError` if the System V lock could not be
+    /// taken for the last-detacher check.
+    pub fn detach(&mut self) -> crate::Result<()> {
+        self.detach_with(&mut uninterrupted)
+    }
+
+    /// [`detach`](Self::detach) with an interrupt check for the wait on the lock (System V).
+    ///
+    /// # Errors
+    /// As [`detach`](Self::detach).
+    pub fn detach_with(&mut self, interrupt: &mut dyn FnMut() -> bool) -> crate::Result<()> {
+        self.refresh_after_fork();
+        let Some(kind) = self.segment_kind() else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "QSharedMemory::detach: not attached",
+            ));
+        };
+        match kind {
+            SegmentKind::SystemV => {
+                let was_held = self.held.take();
+                let taken = if was_held.is_some() {
+                    self.lock.clone()
+                } else {
+                    self.lock_internally("QSharedMemory::detach", interrupt)?
+                };
+                // Dropping the last reference detaches and, if nobody else is attached, removes
+                // the segment and its lock; the check sees that this thread holds the lock.
+                self.attachment = None;
+                Self::unlock_internally(taken);
+                if matches!(&self.lock, Some(LockPrimitive::SysV(sem)) if !sem.is_open()) {
+                    self.lock = None;
+                }
+            }
+            SegmentKind::Posix => {
+                if self.held.is_some() {
+                    let _ = self.unlock();
+                }
+                self.held = None;
+                self.lock = None;
+                self.attachment = None;
+            }
+            SegmentKind::ForeignPosix => {
+                if self.held.is_some() {
+                    let _ = self.unlock();
+                }
+                self.attachment = None;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for SharedMemory {
+    /// Qt's destructor: detach if attached, release the lock. Never blocks: the System V
+    /// last-detacher check is deferred to a background thread when the lock is busy.
+    fn drop(&mut self) {
+        self.refresh_after_fork();
+        if self.held.is_some() {
+            let _ = self.unlock();
+        }
+        self.attachment = None;
+        self.drop_lock_primitive();
+    }
+}
