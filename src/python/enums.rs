@@ -1,0 +1,63 @@
+//! Qt's enums live in Python (`qsharedmem._enums`, `IntEnum`s); this module converts between
+//! them and the core's types.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+use crate::key::KeyType;
+
+/// The enum class `name` from `qsharedmem._enums`, imported once.
+fn enum_class<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyType>>,
+    name: &str,
+) -> PyResult<Bound<'py, PyType>> {
+    cell.import(py, "qsharedmem._enums", name).cloned()
+}
+
+macro_rules! enum_class_fn {
+    ($fn_name:ident, $py_name:literal) => {
+        /// The Python enum class of the same name in `qsharedmem._enums`.
+        pub(crate) fn $fn_name(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
+            static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+            enum_class(py, &CELL, $py_name)
+        }
+    };
+}
+
+enum_class_fn!(key_type_class, "KeyType");
+enum_class_fn!(access_mode_class, "AccessMode");
+enum_class_fn!(shared_memory_error_class, "SharedMemoryError");
+enum_class_fn!(semaphore_access_mode_class, "SystemSemaphoreAccessMode");
+enum_class_fn!(semaphore_error_class, "SystemSemaphoreError");
+
+/// The member of `class` with integer value `value`.
+pub(crate) fn member<'py>(class: &Bound<'py, PyType>, value: u32) -> PyResult<Bound<'py, PyAny>> {
+    class.call1((value,))
+}
+
+/// `QNativeIpcKey.Type` member for a core key type.
+pub(crate) fn key_type_to_py(py: Python<'_>, key_type: KeyType) -> PyResult<Bound<'_, PyAny>> {
+    member(&key_type_class(py)?, u32::from(key_type.raw()))
+}
+
+/// A key type from a `QNativeIpcKey.Type` member or a plain integer 0..=0xffff.
+pub(crate) fn key_type_from_py(obj: &Bound<'_, PyAny>) -> PyResult<KeyType> {
+    let raw = int_value(obj, "QNativeIpcKey.Type")?;
+    u16::try_from(raw)
+        .map(KeyType::from_raw)
+        .map_err(|_| PyValueError::new_err(format!("{raw} is not a valid QNativeIpcKey.Type")))
+}
+
+/// The integer value of an enum member or `int` (not `bool`, not `float`).
+pub(crate) fn int_value(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<i64> {
+    if obj.is_instance_of::<pyo3::types::PyBool>() || !obj.hasattr("__index__")? {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "expected {what}, got {}",
+            obj.get_type().name()?
+        )));
+    }
+    obj.call_method0("__index__")?.extract::<i64>()
+}

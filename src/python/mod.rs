@@ -1,0 +1,21 @@
+//! The PyO3 binding, compiled with the `python` feature: converts arguments and results,
+//! releases the GIL around waits, maps errors, exports buffers. No shared-memory logic lives
+//! here; it is all in the core.
+
+use pyo3::prelude::*;
+
+mod buffer;
+mod enums;
+mod errors;
+mod key;
+mod shared_memory;
+
+/// The extension module `qsharedmem._qsharedmem`.
+#[pymodule]
+#[pyo3(name = "_qsharedmem")]
+fn qsharedmem_extension(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    key::register(m)?;
+    shared_memory::register(m)?;
+    Ok(())
+}
