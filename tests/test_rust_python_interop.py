@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import KEY_TYPES
-
 from qsharedmem import QNativeIpcKey, QSharedMemory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,7 +70,7 @@ def test_rust_creates_and_writes_python_reads_and_answers(rust_examples, make_ke
         shm = QSharedMemory(key)
         assert shm.attach(), shm.errorString()
         with shm.locked(timeout=30):
-            sequence, text = read_message(shm.data())
+            _, text = read_message(shm.data())
             assert text == f"hello from Rust pid {producer.pid}"
             write_message(shm.data(), "answer from Python")
         assert producer.stdout.readline().strip() == "ANSWER answer from Python"
