@@ -33,6 +33,7 @@ pub mod segment;
 mod semaphore;
 mod shared_memory;
 mod sys;
+mod testpoint;
 
 #[cfg(feature = "python")]
 mod python;

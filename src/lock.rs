@@ -199,6 +199,7 @@ impl LockPrimitive {
             Self::Mutex(att) => {
                 let control = att.control().ok_or(Errno(libc::EINVAL))?;
                 control.set_lock_owner(0);
+                crate::testpoint::step("unlock:owner-cleared");
                 mutex::unlock(control.mapping(), control.mutex_offset())
             }
             Self::SysV(sem) => release_sysv(sem, recovered),
@@ -230,6 +231,7 @@ fn mutex_result(att: &Attachment, got: MutexAcquired) -> Result<Acquired, LockFa
             Acquired::OwnerDied
         }
     };
+    crate::testpoint::step("lock:owned");
     control.set_lock_owner(process::pid());
     Ok(acquired)
 }

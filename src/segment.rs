@@ -29,6 +29,7 @@ use crate::semaphore::SysVSemaphore;
 use crate::sys::mapping::{page_size, Mapping};
 use crate::sys::mutex::{self, MUTEX_RESERVED};
 use crate::sys::{posix, process, sysv, Errno};
+use crate::testpoint;
 
 /// `QSharedMemory::AccessMode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -486,7 +487,9 @@ impl Owned {
         let Some(fd) = rc.fd.as_ref() else { return };
         if let Ok(true) = posix::try_lock_exclusive(fd.as_fd()) {
             // Nobody else holds the segment: we are the last one out.
+            testpoint::step("detach:exclusive");
             let _ = posix::unlink_if_same(&self.file_name, fd.as_fd());
+            testpoint::step("detach:unlinked");
         }
     }
 }
@@ -499,6 +502,7 @@ impl SysVAttachment {
     fn detach(&mut self) {
         // shmdt needs no lock; only the "was that the last one?" decision does.
         drop(self.mapping.take());
+        testpoint::step("detach:unmapped");
         if lock::sysv_held_by_current_thread(&self.lock) {
             remove_if_unused(self.shmid, &self.key_file, &self.lock);
             return;
@@ -528,6 +532,7 @@ fn remove_if_unused(shmid: i32, key_file: &CString, lock: &SysVSemaphore) -> boo
     match sysv::shm_stat(shmid) {
         Ok(st) if st.attached == 0 => {
             let _ = sysv::shm_remove(shmid);
+            testpoint::step("detach:removed");
             let _ = sysv::remove_key_file(key_file);
             lock.remove();
             true
@@ -699,6 +704,7 @@ pub(crate) fn create_posix(
         libc::EFBIG | libc::EINVAL => Error::from_errno("QSharedMemory::create (ftruncate)", e.0),
         _ => Error::from_errno("QSharedMemory::create", e.0),
     })?;
+    testpoint::step("create:reserved");
     let whole = Mapping::map_file(fd.as_fd(), 0, total, true)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
     let control = ControlPage {
@@ -708,6 +714,7 @@ pub(crate) fn create_posix(
     control
         .initialise(size, native_key, legacy_key)
         .map_err(|e| Error::from_errno("QSharedMemory::create (pthread_mutex_init)", e.0))?;
+    testpoint::step("create:initialised");
     posix::lock_shared(fd.as_fd())
         .map_err(|e| Error::from_errno("QSharedMemory::create (flock)", e.0))?;
 
@@ -735,6 +742,7 @@ pub(crate) fn create_posix(
             libc::EEXIST,
         ));
     }
+    testpoint::step("create:published");
 
     let generation = process::fork_generation();
     if mode.is_writable() {
@@ -836,8 +844,10 @@ fn open_posix(file_name: &str, mode: AccessMode) -> Result<(OwnedFd, posix::File
                 Error::from_errno("QSharedMemory::attach (shm_open)", e.0)
             }
         })?;
+        testpoint::step("attach:opened");
         posix::lock_shared(fd.as_fd())
             .map_err(|e| Error::from_errno("QSharedMemory::attach (flock)", e.0))?;
+        testpoint::step("attach:counted");
         let st = posix::fstat(fd.as_fd())
             .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
         if st.nlink > 0 {
@@ -878,7 +888,9 @@ pub(crate) fn attach_posix(
         .map_err(|_| Error::from_errno("QSharedMemory::attach (mmap)", libc::ENOMEM))?;
     let data = Mapping::map_file(fd.as_fd(), 0, len, writable)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
-    match classify(&data, st.size)? {
+    let classified = classify(&data, st.size)?;
+    testpoint::step("attach:mapped");
+    match classified {
         Classified::Ours { logical_size } => {
             let page = page_size();
             let control_base = len - page;
@@ -977,7 +989,10 @@ pub(crate) fn create_sysv(
         }
     }
     let id = match attempt {
-        Ok(id) => id,
+        Ok(id) => {
+            testpoint::step("create:segment");
+            id
+        }
         Err(Errno(libc::EINVAL)) => {
             forget_file(created_file);
             return Err(Error::with_errno(

@@ -10,6 +10,7 @@ use crate::lock::{Acquired, LockFailure, LockGuard, LockPrimitive};
 use crate::segment::{self, AccessMode, Attachment, PosixAttach, SegmentKind};
 use crate::semaphore::{PosixSemaphore, SemMode, SysVSemaphore, LOCK_SET_SIZE};
 use crate::sys::process;
+use crate::testpoint;
 
 /// The backend a key type selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -464,6 +465,7 @@ impl SharedMemory {
             thread: process::thread_id(),
         });
         self.owner_died = recovered;
+        testpoint::step("lock:acquired");
         recovered
     }
 
@@ -540,6 +542,7 @@ impl SharedMemory {
                 libc::EPERM,
             )));
         }
+        testpoint::step("unlock:begin");
         self.held = None;
         primitive.release(held.recovered).map_err(|e| {
             self.record(Error::with_errno(
@@ -547,7 +550,9 @@ impl SharedMemory {
                 "QSharedMemory::unlock: unable to unlock",
                 e.0,
             ))
-        })
+        })?;
+        testpoint::step("unlock:released");
+        Ok(())
     }
 
     pub(crate) fn locked_slice(&self) -> Option<&[u8]> {
@@ -597,10 +602,12 @@ impl SharedMemory {
         match backend {
             Backend::SysV { project_id } => {
                 let taken = self.lock_internally("QSharedMemory::create", interrupt)?;
+                testpoint::step("create:locked");
                 let result = if size == 0 {
                     Err(too_small())
                 } else if let Some(LockPrimitive::SysV(sem)) = &self.lock {
                     segment::create_sysv(self.key.native_key(), project_id, size, mode, sem)
+                        .inspect(|_| testpoint::step("create:attached"))
                 } else {
                     Err(Error::new(
                         ErrorKind::LockError,
@@ -670,10 +677,12 @@ impl SharedMemory {
         match self.init_key(false)? {
             Backend::SysV { project_id } => {
                 let taken = self.lock_internally("QSharedMemory::attach", interrupt)?;
+                testpoint::step("attach:locked");
                 let result = match &self.lock {
                     Some(LockPrimitive::SysV(sem)) => {
                         let result =
-                            segment::attach_sysv(self.key.native_key(), project_id, mode, sem);
+                            segment::attach_sysv(self.key.native_key(), project_id, mode, sem)
+                                .inspect(|_| testpoint::step("attach:attached"));
                         if result.is_err()
                             && sem.owns_semaphore()
                             && !segment::sysv_segment_exists(self.key.native_key(), project_id)
@@ -780,6 +789,7 @@ impl SharedMemory {
                 "QSharedMemory::detach: not attached",
             ));
         };
+        testpoint::step("detach:begin");
         match kind {
             SegmentKind::SystemV => {
                 let was_held = self.held.take();
@@ -788,6 +798,7 @@ impl SharedMemory {
                 } else {
                     self.lock_internally("QSharedMemory::detach", interrupt)?
                 };
+                testpoint::step("detach:locked");
                 // Dropping the last reference detaches and, if nobody else is attached, removes
                 // the segment and its lock; the check sees that this thread holds the lock.
                 self.attachment = None;
