@@ -325,7 +325,7 @@ struct RefcountFd {
 #[derive(Debug)]
 struct Foreign {
     data: Mapping,
-    _fd: OwnedFd,
+    fd: OwnedFd,
 }
 
 #[derive(Debug)]
@@ -458,6 +458,48 @@ impl Attachment {
         match &self.inner {
             Inner::SysV(s) => Some(s.shmid),
             _ => None,
+        }
+    }
+
+    /// Whether part of the memory was lost: the file shrank under the mapping (another process
+    /// truncated it) or could not provide a page (its file system ran full), and the pages were
+    /// replaced by private zero pages, so that the access did not kill the process with
+    /// `SIGBUS`. Such an attachment no longer shares that memory with anyone.
+    #[must_use]
+    pub fn lost_pages(&self) -> bool {
+        match &self.inner {
+            Inner::Owned(o) => {
+                o.data.lost_pages() || o.control.as_ref().is_some_and(|(m, _)| m.lost_pages())
+            }
+            Inner::Foreign(f) => f.data.lost_pages(),
+            Inner::SysV(_) => false,
+        }
+    }
+
+    /// What happened to an attachment that [lost pages](Self::lost_pages), for error texts.
+    pub(crate) fn damage(&self) -> String {
+        let (fd, mapped) = match &self.inner {
+            Inner::Owned(o) => {
+                let rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+                let size = rc.fd.as_ref().and_then(|fd| posix::fstat(fd.as_fd()).ok());
+                (size.map(|st| st.size), o.data.len())
+            }
+            Inner::Foreign(f) => (
+                posix::fstat(f.fd.as_fd()).ok().map(|st| st.size),
+                f.data.len(),
+            ),
+            Inner::SysV(s) => (None, s.mapping.as_ref().map_or(0, Mapping::len)),
+        };
+        match fd {
+            Some(now) if now < mapped as u64 => format!(
+                "the segment was truncated by another process ({mapped} bytes mapped, the file \
+                 now has {now}); the lost part is no longer shared"
+            ),
+            _ => format!(
+                "part of the segment could not be provided ({} is full); that part is no longer \
+                 shared",
+                posix::SHM_DIR
+            ),
         }
     }
 }
@@ -927,7 +969,7 @@ pub(crate) fn attach_posix(
             Ok(PosixAttach::Foreign(Attachment {
                 size: len,
                 writable,
-                inner: Inner::Foreign(Foreign { data, _fd: fd }),
+                inner: Inner::Foreign(Foreign { data, fd }),
             }))
         }
     }

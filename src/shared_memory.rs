@@ -259,6 +259,13 @@ impl SharedMemory {
         self.owner_died
     }
 
+    /// The error for an operation on an attachment that lost part of its memory (the file
+    /// behind it shrank, see [`Attachment::lost_pages`]), if it did.
+    fn lost_memory_error(&self, function: &str, kind: ErrorKind) -> Option<Error> {
+        let att = self.attachment.as_ref().filter(|a| a.lost_pages())?;
+        Some(Error::new(kind, format!("{function}: {}", att.damage())))
+    }
+
     fn record(&mut self, error: Error) -> Error {
         self.last_error = Some(error.clone());
         error
@@ -430,10 +437,32 @@ impl SharedMemory {
                 "QSharedMemory::lock: unable to lock",
             )));
         };
+        self.refuse_lost_memory()?;
         match primitive.acquire(timeout, interrupt) {
-            Ok(got) => Ok(self.note_locked(got)),
+            Ok(got) => {
+                self.release_if_lost(&primitive, got)?;
+                Ok(self.note_locked(got))
+            }
             Err(failure) => Err(self.lock_failure(failure)),
         }
+    }
+
+    /// A lock on memory that is no longer shared protects nothing: refuse it.
+    fn refuse_lost_memory(&mut self) -> crate::Result<()> {
+        match self.lost_memory_error("QSharedMemory::lock", ErrorKind::LockError) {
+            Some(error) => Err(self.record(error)),
+            None => Ok(()),
+        }
+    }
+
+    /// The memory may have been lost while the lock was being taken (the mutex itself lives in
+    /// the file): then give the lock back and refuse.
+    fn release_if_lost(&mut self, primitive: &LockPrimitive, got: Acquired) -> crate::Result<()> {
+        if self.attachment.as_ref().is_some_and(|a| a.lost_pages()) {
+            let _ = primitive.release(got == Acquired::OwnerDied);
+            return self.refuse_lost_memory();
+        }
+        Ok(())
     }
 
     /// One attempt to lock without waiting: `Ok(None)` if another holder has it.
@@ -445,14 +474,18 @@ impl SharedMemory {
         if self.held.is_some() {
             return Ok(Some(self.owner_died));
         }
-        let Some(primitive) = self.lock.as_ref() else {
+        let Some(primitive) = self.lock.clone() else {
             return Err(self.record(Error::new(
                 ErrorKind::LockError,
                 "QSharedMemory::lock: unable to lock",
             )));
         };
+        self.refuse_lost_memory()?;
         match primitive.try_acquire() {
-            Ok(Some(got)) => Ok(Some(self.note_locked(got))),
+            Ok(Some(got)) => {
+                self.release_if_lost(&primitive, got)?;
+                Ok(Some(self.note_locked(got)))
+            }
             Ok(None) => Ok(None),
             Err(failure) => Err(self.lock_failure(failure)),
         }
@@ -790,6 +823,7 @@ impl SharedMemory {
             ));
         };
         testpoint::step("detach:begin");
+        let lost = self.lost_memory_error("QSharedMemory::detach", ErrorKind::UnknownError);
         match kind {
             SegmentKind::SystemV => {
                 let was_held = self.held.take();
@@ -822,7 +856,12 @@ impl SharedMemory {
                 self.attachment = None;
             }
         }
-        Ok(())
+        // The handle is detached either way; a segment that lost memory while attached is
+        // reported, so that the damage does not go unnoticed.
+        match lost {
+            Some(error) => Err(self.record(error)),
+            None => Ok(()),
+        }
     }
 }
 
