@@ -706,8 +706,15 @@ pub(crate) fn posix_file_name(native_key: &str) -> Result<String, Error> {
             &crate::error::SemaphoreError::from_errno("QSystemSemaphore::handle", e.0),
         ));
     }
-    posix::shm_file_name(native_key, false)
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.0))
+    posix::shm_file_name(native_key, false).map_err(|_| {
+        // Only "." and "..", which glibc would pass on (naming /dev/shm and /dev): Qt's text
+        // for a name shm_open refuses.
+        Error::with_errno(
+            ErrorKind::KeyError,
+            "QSharedMemory::attach (shm_open): bad name",
+            libc::EINVAL,
+        )
+    })
 }
 
 fn out_of_space(needed: usize) -> Error {

@@ -330,6 +330,15 @@ impl SharedMemory {
                 "QSharedMemory::setNativeKey: unsupported key type",
             )));
         };
+        if self.key.native_key().contains('\0') {
+            // The OS takes names as C strings: Qt passes the bytes up to the NUL, so "a\0b"
+            // silently names the same object as "a". Refuse instead of aliasing two keys.
+            return Err(self.record(Error::new(
+                ErrorKind::KeyError,
+                "QSharedMemory::handle: key contains a NUL character (the OS would cut the name \
+                 there, making it the same key as its first part)",
+            )));
+        }
         match found {
             Backend::SysV { project_id } => {
                 let sem_key = match self.key.legacy_key() {
