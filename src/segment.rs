@@ -333,6 +333,7 @@ struct SysVAttachment {
     shmid: i32,
     mapping: Option<Mapping>,
     key_file: CString,
+    project_id: u8,
     lock: Arc<SysVSemaphore>,
 }
 
@@ -546,12 +547,12 @@ impl SysVAttachment {
         drop(self.mapping.take());
         testpoint::step("detach:unmapped");
         if lock::sysv_held_by_current_thread(&self.lock) {
-            remove_if_unused(self.shmid, &self.key_file, &self.lock);
+            remove_if_unused(self.shmid, &self.key_file, self.project_id, &self.lock);
             return;
         }
         match lock::acquire_for_cleanup(&self.lock, CLEANUP_WAIT) {
             Ok(Some(recovered)) => {
-                remove_if_unused(self.shmid, &self.key_file, &self.lock);
+                remove_if_unused(self.shmid, &self.key_file, self.project_id, &self.lock);
                 lock::release_after_cleanup(&self.lock, recovered);
             }
             // Busy for long: let the reaper thread wait for it, so a destructor never blocks
@@ -559,6 +560,7 @@ impl SysVAttachment {
             Ok(None) if self.lock.is_open() => reap_later(ReapJob {
                 shmid: self.shmid,
                 key_file: self.key_file.clone(),
+                project_id: self.project_id,
                 lock: self.lock.clone(),
             }),
             // Removed: the segment went with it.
@@ -570,11 +572,23 @@ impl SysVAttachment {
 /// Removes the System V segment `shmid` if nobody is attached to it any more, together with
 /// its key file and the lock semaphore (and that one's key file). The caller holds the lock.
 /// Returns whether the lock semaphore was removed.
-fn remove_if_unused(shmid: i32, key_file: &CString, lock: &SysVSemaphore) -> bool {
+fn remove_if_unused(shmid: i32, key_file: &CString, project_id: u8, lock: &SysVSemaphore) -> bool {
     match sysv::shm_stat(shmid) {
         Ok(st) if st.attached == 0 => {
             let _ = sysv::shm_remove(shmid);
             testpoint::step("detach:removed");
+            let _ = sysv::remove_key_file(key_file);
+            lock.remove();
+            true
+        }
+        // The segment is gone although this process was attached until a moment ago: it was
+        // removed from outside (`ipcrm`, systemd's RemoveIPC) and destroyed when its last
+        // attachment left. Unless a new segment was created for the key since, its key file and
+        // lock are left over; we hold the lock, so nobody is between creating and attaching one.
+        Err(Errno(libc::EINVAL | libc::EIDRM))
+            if !sysv::ftok(key_file, project_id)
+                .is_ok_and(|key| sysv::shm_get(key, 0, 0).is_ok()) =>
+        {
             let _ = sysv::remove_key_file(key_file);
             lock.remove();
             true
@@ -586,6 +600,7 @@ fn remove_if_unused(shmid: i32, key_file: &CString, lock: &SysVSemaphore) -> boo
 struct ReapJob {
     shmid: i32,
     key_file: CString,
+    project_id: u8,
     lock: Arc<SysVSemaphore>,
 }
 
@@ -601,7 +616,12 @@ fn reap_later(job: ReapJob) {
                     while job.lock.is_open() {
                         match lock::acquire_for_cleanup(&job.lock, Duration::from_secs(60)) {
                             Ok(Some(recovered)) => {
-                                remove_if_unused(job.shmid, &job.key_file, &job.lock);
+                                remove_if_unused(
+                                    job.shmid,
+                                    &job.key_file,
+                                    job.project_id,
+                                    &job.lock,
+                                );
                                 lock::release_after_cleanup(&job.lock, recovered);
                                 break;
                             }
@@ -1057,7 +1077,7 @@ pub(crate) fn create_sysv(
             return Err(Error::from_errno("QSharedMemory::create", e.0));
         }
     };
-    match attach_sysv_id(id, key_file.clone(), mode, lock) {
+    match attach_sysv_id(id, key_file.clone(), project_id, mode, lock) {
         Ok(att) => Ok(att),
         Err(e) => {
             let _ = sysv::shm_remove(id);
@@ -1090,12 +1110,13 @@ pub(crate) fn attach_sysv(
     let perms = if mode.is_writable() { 0o600 } else { 0o400 };
     let id = sysv::shm_get(key, 0, perms)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.0))?;
-    attach_sysv_id(id, key_file, mode, lock)
+    attach_sysv_id(id, key_file, project_id, mode, lock)
 }
 
 fn attach_sysv_id(
     id: i32,
     key_file: CString,
+    project_id: u8,
     mode: AccessMode,
     lock: &Arc<SysVSemaphore>,
 ) -> Result<Attachment, Error> {
@@ -1110,6 +1131,7 @@ fn attach_sysv_id(
             shmid: id,
             mapping: Some(mapping),
             key_file,
+            project_id,
             lock: lock.clone(),
         }),
     })
