@@ -11,7 +11,7 @@ Commands: ``key h <QNativeIpcKey.toString()>`` (make handle h), ``create h size 
 ``fill h byte`` (write every byte of data()), ``sum h`` (read every byte), ``size h``,
 ``attached h``, ``incr h offset count`` (``count`` locked increments of the little-endian u64 at
 ``offset``; returns how many of those locks reported a dead owner), ``drop h`` (delete the
-handle), ``exit code`` (``os._exit``, no cleanup).
+handle), ``exit code`` (destroys the handles, then ``os._exit``).
 
 With ``QSHAREDMEM_TEST_STOP_AT`` set, qsharedmem prints ``qsharedmem-test-stop <step> <pid>``
 in place of a result and stops itself at that step (see src/testpoint.rs).
@@ -96,11 +96,14 @@ def main() -> None:
         raise ValueError(f"unknown command {cmd!r}")
 
     print("READY", flush=True)
+    sm = None
     for line in sys.stdin:
         if not line.strip():
             continue
         cmd, *rest = json.loads(line)
         if cmd == "exit":
+            handles.clear()  # their destructors run (as at a normal exit), then no more cleanup
+            sm = None
             sys.stdout.flush()
             os._exit(rest[0] if rest else 0)
         h, args = (rest[0], rest[1:]) if rest else ("", [])
