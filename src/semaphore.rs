@@ -131,8 +131,11 @@ impl SysVSemaphore {
         }
         if (created || mode == SemMode::Create) && self.initial_value >= 0 {
             // A set we just created starts at 0; the extra "consistent" token (if any) starts
-            // present. Qt's Create mode resets an existing set too.
-            for num in 0..size {
+            // present. Qt's Create mode resets an existing set too. The token goes first: once
+            // semaphore 0 is 1, other processes may lock, and a lock that is free while its
+            // token is missing means that its holder died (they would "recover" it, and the
+            // last detacher among them would remove the set we are still setting up).
+            for num in (0..size).rev() {
                 let value = if num == 0 { self.initial_value } else { 1 };
                 if let Err(e) = sysv::sem_set_value(id, num, value) {
                     return Err(self.fail_handle(e));
