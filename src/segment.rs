@@ -577,8 +577,7 @@ fn remove_if_unused(shmid: i32, key_file: &CString, project_id: u8, lock: &SysVS
         Ok(st) if st.attached == 0 => {
             let _ = sysv::shm_remove(shmid);
             testpoint::step("detach:removed");
-            let _ = sysv::remove_key_file(key_file);
-            lock.remove();
+            remove_key_file_and_lock(key_file, lock);
             true
         }
         // The segment is gone although this process was attached until a moment ago: it was
@@ -589,12 +588,21 @@ fn remove_if_unused(shmid: i32, key_file: &CString, project_id: u8, lock: &SysVS
             if !sysv::ftok(key_file, project_id)
                 .is_ok_and(|key| sysv::shm_get(key, 0, 0).is_ok()) =>
         {
-            let _ = sysv::remove_key_file(key_file);
-            lock.remove();
+            remove_key_file_and_lock(key_file, lock);
             true
         }
         _ => false,
     }
+}
+
+/// Removes a segment's key file and its lock (the set and the set's key file). New System V
+/// keys use one file for both: it is unlinked once, because a second unlink could remove the
+/// file that another process created in between, giving the key a second lock.
+fn remove_key_file_and_lock(key_file: &CString, lock: &SysVSemaphore) {
+    if key_file.as_bytes() != lock.native_key().as_bytes() {
+        let _ = sysv::remove_key_file(key_file);
+    }
+    lock.remove();
 }
 
 struct ReapJob {
@@ -1106,11 +1114,21 @@ pub(crate) fn attach_sysv(
             "QSharedMemory::handle:: unable to make key",
         )
     })?;
-    let key = sysv_key(&key_file, project_id)?;
     let perms = if mode.is_writable() { 0o600 } else { 0o400 };
-    let id = sysv::shm_get(key, 0, perms)
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.0))?;
-    attach_sysv_id(id, key_file, project_id, mode, lock)
+    let mut attempts = 0;
+    loop {
+        let key = sysv_key(&key_file, project_id)?;
+        let id = sysv::shm_get(key, 0, perms)
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.0))?;
+        match attach_sysv_id(id, key_file.clone(), project_id, mode, lock) {
+            // Removed between shmget and shmat (by a process that locked a lock set that
+            // replaced ours while the key file was being re-created): look the key up again.
+            Err(e) if matches!(e.errno(), Some(libc::EIDRM | libc::EINVAL)) && attempts < 8 => {
+                attempts += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn attach_sysv_id(
