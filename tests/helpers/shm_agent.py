@@ -9,9 +9,11 @@ Commands: ``key h <QNativeIpcKey.toString()>`` (make handle h), ``create h size 
 ``attach h [mode]``, ``detach h``, ``lock h [timeout]`` (PySide6: no timeout), ``unlock h``,
 ``died h`` (lockOwnerDied), ``write h offset hex``, ``read h offset length`` (→ hex),
 ``fill h byte`` (write every byte of data()), ``sum h`` (read every byte), ``size h``,
-``attached h``, ``incr h offset count`` (``count`` locked increments of the little-endian u64 at
-``offset``; returns how many of those locks reported a dead owner), ``drop h`` (delete the
-handle), ``exit code`` (destroys the handles, then ``os._exit``).
+``attached h``, ``churn h stopfile`` (attach/read/detach new handles with h's key until the
+file exists; returns the outcome counts), ``incr h offset count`` (``count`` locked
+increments of the little-endian u64 at ``offset``; returns how many of those locks reported
+a dead owner), ``drop h`` (delete the handle), ``exit code`` (destroys the handles, then
+``os._exit``).
 
 With ``QSHAREDMEM_TEST_STOP_AT`` set, qsharedmem prints ``qsharedmem-test-stop <step> <pid>``
 in place of a result and stops itself at that step (see src/testpoint.rs).
@@ -90,6 +92,23 @@ def main() -> None:
                 view[offset : offset + 8] = (value + 1).to_bytes(8, "little")
                 sm.unlock()
             return died
+        if cmd == "churn":
+            # attach / read / detach with a fresh handle until the file args[0] exists; counts
+            # the outcomes (the segment comes and goes under the test's own cycles).
+            outcomes: dict[str, int] = {}
+            key = sm.nativeIpcKey()
+            while not os.path.exists(args[0]):
+                other = S(key)
+                if other.attach():
+                    bytes(memoryview(other.constData())[:64])
+                    outcome = "attached" if other.detach() else "detach failed"
+                elif other.error().name == "NotFound":
+                    outcome = "NotFound"
+                else:
+                    outcome = f"{other.error().name}: {other.errorString()}"
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+                del other
+            return outcomes
         if cmd == "drop":
             del handles[h]
             return True
