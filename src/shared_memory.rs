@@ -383,8 +383,9 @@ impl SharedMemory {
         Ok(found)
     }
 
-    /// Takes the lock for an internal operation (create/attach/detach) unless this handle
-    /// already holds it. Returns whether the operation must release it afterwards.
+    /// Takes the lock for an internal operation (create/attach/detach) unless this handle, or
+    /// another handle on this thread, already holds it. Returns whether the operation must
+    /// release it afterwards.
     fn lock_internally(
         &mut self,
         function: &str,
@@ -396,6 +397,11 @@ impl SharedMemory {
         let Some(primitive) = self.lock.clone() else {
             return Ok(None);
         };
+        if primitive.held_by_current_thread() {
+            // This thread holds the lock through another handle: the operation already runs
+            // inside the critical section (Qt would wait for itself forever here).
+            return Ok(None);
+        }
         match primitive.acquire(None, interrupt) {
             Ok(_) => Ok(Some(primitive)),
             Err(LockFailure::Interrupted) => Err(interrupted_error(function)),
