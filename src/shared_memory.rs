@@ -113,11 +113,15 @@ impl SharedMemory {
     }
 
     /// `QSharedMemory(const QNativeIpcKey &key)`. An unsupported key type leaves the key empty
-    /// and records `KeyError`, as Qt does.
+    /// (of that type, as in Qt, whose handle is built for the key's type) and records `KeyError`;
+    /// create() and attach() then fail with Qt's `initKey` error.
     #[must_use]
     pub fn with_key(key: NativeIpcKey) -> Self {
         let mut shm = Self::new();
-        let _ = shm.set_native_key(key);
+        let key_type = key.key_type();
+        if shm.set_native_key(key).is_err() {
+            shm.key = NativeIpcKey::new(String::new(), key_type);
+        }
         shm
     }
 
@@ -325,9 +329,12 @@ impl SharedMemory {
     /// `creating` is Qt's semaphore mode (Create for create(), Open for attach()).
     fn init_key(&mut self, creating: bool) -> crate::Result<Backend> {
         let Some(found) = backend(self.key.key_type()) else {
+            // Only a handle constructed with an unsupported key has one (setNativeKey refuses
+            // them): Qt's embedded semaphore was built for that type and refuses it too.
             return Err(self.record(Error::new(
                 ErrorKind::KeyError,
-                "QSharedMemory::setNativeKey: unsupported key type",
+                "QSharedMemoryPrivate::initKey: unable to set key on lock \
+                 (QSystemSemaphore::setNativeKey: unsupported key type)",
             )));
         };
         if self.key.native_key().contains('\0') {
