@@ -5,7 +5,8 @@ line from stdin, e.g. ``["attach", "h", 1]``. Before running a command it prints
 (so a test knows the agent is inside a call that may block, e.g. ``lock``), afterwards
 ``= {"r": <result>, "e": [<error().name>, <errorString()>]}``. Handles are named by the test.
 
-Commands: ``key h <QNativeIpcKey.toString()>`` (make handle h), ``create h size [mode]``,
+Commands: ``key h <QNativeIpcKey.toString()>`` (make handle h), ``new h`` (``QSharedMemory()``),
+``create h size [mode]``,
 ``attach h [mode]``, ``detach h``, ``lock h [timeout]`` (PySide6: no timeout), ``unlock h``,
 ``died h`` (lockOwnerDied), ``write h offset hex``, ``read h offset length`` (→ hex),
 ``fill h byte`` (write every byte of data()), ``sum h`` (read every byte), ``size h``,
@@ -48,6 +49,9 @@ def main() -> None:
         sm = handles.get(h)
         if cmd == "key":
             handles[h] = S(K.fromString(args[0]))
+            return True
+        if cmd == "new":
+            handles[h] = S()
             return True
         if cmd == "create":
             return sm.create(args[0], mode(args, 1))
