@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import HELPERS_DIR, POSIX_TYPE, SYSV_TYPE, ChildProcesses, KeyRegistry, child_env
 
 AGENT = HELPERS_DIR / "shm_agent.py"
@@ -96,3 +98,23 @@ def rss_kib() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def wait_until_blocked(pid: int, timeout: float = 30.0) -> None:
+    """Wait until ``pid`` sleeps in the kernel on a futex or a System V semaphore.
+
+    A condition on the waiter's state (``/proc/<pid>/task/*/wchan``), checked until it holds,
+    not a pause: the waiter has announced that it calls lock(), this confirms it is inside.
+    """
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{pid}/task")
+    while time.monotonic() < deadline:
+        for task in tasks.iterdir():
+            try:
+                wchan = (task / "wchan").read_text()
+            except OSError:
+                continue
+            if "futex" in wchan or "sem" in wchan:
+                return
+        time.sleep(0.001)
+    pytest.fail(f"process {pid} did not block in lock()")

@@ -20,13 +20,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import selectors
-import time
-from pathlib import Path
 
 import pytest
 import qsharedmem
 from conftest import ChildProcesses, KeyRegistry
-from reliability_support import Agent, new_key, start_agent
+from reliability_support import Agent, new_key, start_agent, wait_until_blocked
 
 S = qsharedmem.QSharedMemory
 SIZE = 3 * 4096 + 100
@@ -199,26 +197,6 @@ def test_kill_at_step(crash: Crash, make_key: KeyRegistry, procs: ChildProcesses
 
 # ------------------------------------------------------------------------------------------------
 # The lock holder killed while others wait in lock()
-
-
-def wait_until_blocked(pid: int, timeout: float = 30.0) -> None:
-    """Wait until ``pid`` sleeps in the kernel on a futex or a System V semaphore.
-
-    A condition on the waiter's state (``/proc/<pid>/task/*/wchan``), checked until it holds,
-    not a pause: the waiter has announced that it calls lock(), this confirms it is inside.
-    """
-    deadline = time.monotonic() + timeout
-    tasks = Path(f"/proc/{pid}/task")
-    while time.monotonic() < deadline:
-        for task in tasks.iterdir():
-            try:
-                wchan = (task / "wchan").read_text()
-            except OSError:
-                continue
-            if "futex" in wchan or "sem" in wchan:
-                return
-        time.sleep(0.001)
-    pytest.fail(f"process {pid} did not block in lock()")
 
 
 @pytest.mark.parametrize("backend", ["posix", "sysv"])
