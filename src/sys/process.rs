@@ -141,7 +141,9 @@ mod tests {
         assert_eq!(pid(), unsafe { libc::getpid() });
         assert_eq!(thread_id(), gettid());
         let main = thread_id();
-        let other = std::thread::spawn(|| (thread_id(), gettid())).join().unwrap();
+        let other = std::thread::spawn(|| (thread_id(), gettid()))
+            .join()
+            .unwrap();
         assert_eq!(other.0, other.1);
         assert_ne!(other.0, main);
     }
