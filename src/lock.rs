@@ -192,21 +192,41 @@ impl LockPrimitive {
         timeout: Option<Duration>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Result<Acquired, LockFailure> {
-        if let Some(got) = self.try_acquire()? {
-            return Ok(got);
+        let immediate = timeout == Some(Duration::ZERO);
+        match self {
+            Self::Mutex(_) => {
+                if let Some(got) = self.try_acquire()? {
+                    return Ok(got);
+                }
+            }
+            // A semaphore's timed wait takes a free semaphore at once, so a separate attempt
+            // first (a system call for System V, two when the lock is busy) is only needed
+            // when there is no time to wait.
+            Self::SysV(_) | Self::Posix(_) if immediate => {
+                return self.try_acquire()?.ok_or(LockFailure::TimedOut);
+            }
+            Self::SysV(_) | Self::Posix(_) => {
+                if self.held_by_current_thread() {
+                    return Err(LockFailure::WouldDeadlock);
+                }
+            }
         }
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut first = true;
         loop {
             let slice = match deadline {
                 None => WAIT_SLICE,
                 Some(end) => {
                     let left = end.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    // The first attempt happens however short the timeout (a free lock is
+                    // taken, as by the attempt that used to precede the loop).
+                    if left.is_zero() && !first {
                         return Err(LockFailure::TimedOut);
                     }
                     left.min(WAIT_SLICE)
                 }
             };
+            first = false;
             let got = match self {
                 Self::Mutex(att) => wait_mutex(att, slice)?,
                 Self::SysV(sem) => wait_sysv(sem, slice)?,
