@@ -18,7 +18,7 @@
 //! and by every buffer exported from it; the segment is detached when the last of them goes.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -235,8 +235,16 @@ enum Classified {
     Foreign,
 }
 
-/// Classifies the file behind `whole` (a mapping of the whole file, `file_size` bytes).
-fn classify(whole: &Mapping, file_size: u64) -> Result<Classified, Error> {
+/// The start of a control page: enough to recognise a qsharedmem segment and its size.
+const HEADER_LEN: usize = AT_LOGICAL_SIZE + 8;
+
+/// Classifies the file `fd` (`file_size` bytes) by the header of its last page.
+///
+/// The header is read with `pread`, not through a mapping: touching the mapping costs a page
+/// fault now and a TLB flush when it is unmapped, together more than the system call, and
+/// attaching otherwise never touches the memory. A file too short for the header (it shrank)
+/// is foreign, never read out of bounds.
+fn classify(fd: BorrowedFd<'_>, file_size: u64) -> Result<Classified, Error> {
     let page = page_size();
     let Ok(file_size) = usize::try_from(file_size) else {
         return Ok(Classified::Foreign);
@@ -245,13 +253,18 @@ fn classify(whole: &Mapping, file_size: u64) -> Result<Classified, Error> {
         return Ok(Classified::Foreign);
     }
     let base = file_size - page;
-    let mut magic = [0u8; 8];
-    whole.read_into(base + AT_MAGIC, &mut magic);
-    if magic != MAGIC {
+    let mut header = [0u8; HEADER_LEN];
+    match posix::read_at(fd, base as u64, &mut header) {
+        Ok(read) if read == HEADER_LEN => {}
+        Ok(_) => return Ok(Classified::Foreign),
+        Err(e) => return Err(Error::from_errno("QSharedMemory::attach (pread)", e.0)),
+    }
+    let field = |at: usize, len: usize| &header[at..at + len];
+    let u32_at = |at: usize| u32::from_ne_bytes(field(at, 4).try_into().expect("4 bytes"));
+    if field(AT_MAGIC, 8) != MAGIC {
         return Ok(Classified::Foreign);
     }
-    let control = ControlPage { map: whole, base };
-    let version = control.u32_at(AT_VERSION);
+    let version = u32_at(AT_VERSION);
     if version != VERSION {
         return Err(Error::new(
             ErrorKind::UnknownError,
@@ -260,13 +273,13 @@ fn classify(whole: &Mapping, file_size: u64) -> Result<Classified, Error> {
             ),
         ));
     }
-    let logical = control.logical_size();
+    let logical = u64::from_ne_bytes(field(AT_LOGICAL_SIZE, 8).try_into().expect("8 bytes"));
     let consistent = usize::try_from(logical)
         .ok()
         .filter(|&l| l > 0)
         .and_then(|l| round_up(l, page))
         .is_some_and(|data| data.checked_add(page) == Some(file_size));
-    if !consistent || control.u32_at(AT_PAGE_SIZE) as usize != page {
+    if !consistent || u32_at(AT_PAGE_SIZE) as usize != page {
         return Err(Error::new(
             ErrorKind::UnknownError,
             format!(
@@ -802,16 +815,7 @@ fn reclaim_orphan(file_name: &str) -> Result<bool, Error> {
     let Ok(st) = posix::fstat(fd.as_fd()) else {
         return Ok(false);
     };
-    let Ok(len) = usize::try_from(st.size) else {
-        return Ok(false);
-    };
-    if len == 0 {
-        return Ok(false);
-    }
-    let Ok(map) = Mapping::map_file(fd.as_fd(), 0, len, false) else {
-        return Ok(false);
-    };
-    if !matches!(classify(&map, st.size), Ok(Classified::Ours { .. })) {
+    if !matches!(classify(fd.as_fd(), st.size), Ok(Classified::Ours { .. })) {
         // Never remove someone else's segment: a Qt application may be using it.
         return Ok(false);
     }
@@ -876,9 +880,10 @@ pub(crate) fn attach_posix(
     }
     let len = usize::try_from(st.size)
         .map_err(|_| Error::from_errno("QSharedMemory::attach (mmap)", libc::ENOMEM))?;
+    let classified = classify(fd.as_fd(), st.size)?;
     let data = Mapping::map_file(fd.as_fd(), 0, len, writable)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
-    match classify(&data, st.size)? {
+    match classified {
         Classified::Ours { logical_size } => {
             let page = page_size();
             let control_base = len - page;

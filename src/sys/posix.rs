@@ -185,6 +185,23 @@ pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<FileStat> {
     Ok(FileStat::from_raw(unsafe { &st.assume_init() }))
 }
 
+/// `pread(fd, buf, offset)`: how many bytes were read (fewer than `buf.len()` at the end of
+/// the file).
+pub fn read_at(fd: BorrowedFd<'_>, offset: u64, buf: &mut [u8]) -> SysResult<usize> {
+    let offset = libc::off_t::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
+    let read = retry(|| {
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `fd` is open.
+        let ret =
+            unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) };
+        if ret < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(ret)
+        }
+    })?;
+    Ok(usize::try_from(read).unwrap_or(0))
+}
+
 /// `lstat("/dev/shm/<file_name>")`.
 pub fn stat_name(file_name: &str) -> SysResult<FileStat> {
     let path = shm_path(file_name)?;
