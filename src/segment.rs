@@ -707,8 +707,9 @@ pub(crate) fn create_posix(
     };
     let data_len = round_up(size, page).ok_or_else(too_big)?;
     let total = data_len.checked_add(page).ok_or_else(too_big)?;
-    let (dir, fd) = posix::create_unnamed(total as u64, 0o600).map_err(|e| match e.0 {
+    let fd = posix::create_unnamed(total as u64, 0o600).map_err(|e| match e.0 {
         libc::ENOSPC => out_of_space(total),
+        // What ftruncate says for these sizes (posix_fallocate now sizes the file).
         libc::EFBIG | libc::EINVAL => Error::from_errno("QSharedMemory::create (ftruncate)", e.0),
         _ => Error::from_errno("QSharedMemory::create", e.0),
     })?;
@@ -726,7 +727,7 @@ pub(crate) fn create_posix(
 
     let mut published = false;
     for _ in 0..8 {
-        match posix::publish(dir.as_fd(), fd.as_fd(), file_name) {
+        match posix::publish(fd.as_fd(), file_name) {
             Ok(()) => {
                 published = true;
                 break;
