@@ -42,8 +42,8 @@ test-rust:  ## Rust unit, integration and doc tests (no Python)
 test-python: $(EXT)  ## the Python test suite against the built extension
 	$(PY) -m pytest -q
 
-demo: $(EXT)  ## the multi-process demonstration
-	$(PY) -m qsharedmem demo
+demo: $(EXT)  ## the multi-process demonstration (DEMO_ARGS="--key-type systemv" for System V)
+	$(PY) -m qsharedmem.demo $(DEMO_ARGS)
 
 bench: $(EXT)  ## full benchmark run against PySide6, multiprocessing, posix_ipc, sysv_ipc
 	$(PY) -m benchmarks
