@@ -18,6 +18,7 @@ import pytest
 import qsharedmem
 from conftest import Impl, KeyRegistry, load_impl
 from helpers.agent import Agent, start_agent
+from helpers.segments import segment_exists
 
 TIMEOUT = 60.0
 
@@ -291,6 +292,25 @@ def test_relock_through_a_second_handle_on_one_thread_fails_instead_of_hanging(
     assert second.lock(timeout=TIMEOUT) is True
     assert second.unlock()
     assert second.detach()
+
+
+def test_attach_and_detach_through_a_second_handle_while_this_thread_holds_the_lock(
+    impl: Impl, shm: Any, key: Any, procs: Any
+) -> None:
+    # System V runs attach() and detach() under the lock (as Qt does); the thread already holds
+    # it through the first handle, so they proceed instead of failing (or, in Qt, hanging).
+    second = impl.QSharedMemory(key)
+    assert shm.lock()
+    assert second.attach(), second.errorString()
+    second.data()[:6] = b"second"
+    assert second.detach()
+    assert not second.isAttached()
+    assert segment_exists(key)  # the first handle is still attached
+    assert bytes(shm.constData()[:6]) == b"second"
+    assert shm.unlock()
+    # the lock works normally afterwards, also for other processes
+    peer = attached_agent(procs, key)
+    assert peer("(shm.lock(timeout=0), shm.lockOwnerDied(), shm.unlock())") == (True, False, True)
 
 
 def test_detach_while_locked_releases_the_lock(shm: Any, procs: Any, key: Any) -> None:
