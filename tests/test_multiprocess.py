@@ -124,16 +124,18 @@ def test_segment_survives_killed_attachers_and_goes_with_the_last_survivor(
     assert make_key.leftovers() == []
 
 
+@pytest.mark.parametrize("attachers", [0, 2], ids=["creator alone", "creator and 2 attachers"])
 def test_crashed_creators_orphan_is_reclaimed_by_the_next_create(
-    impl: Impl, procs: Any, key: Any, make_key: KeyRegistry
+    impl: Impl, procs: Any, key: Any, make_key: KeyRegistry, attachers: int
 ) -> None:
-    creator, attacher = agents(procs, key, 2)
+    creator, *others = agents(procs, key, 1 + attachers)
     assert creator("shm = QSharedMemory(key); shm.create(3000)") is True
-    assert attacher("shm = QSharedMemory(key); shm.attach()") is True
+    for other in others:
+        assert other("shm = QSharedMemory(key); shm.attach()") is True
     creator("shm.data()[:] = b'\\xab' * 3000")
     # every process attached to it crashes: the segment is an orphan nobody will detach
-    assert creator.kill() == -signal.SIGKILL
-    assert attacher.kill() == -signal.SIGKILL
+    for peer in (creator, *others):
+        assert peer.kill() == -signal.SIGKILL
     assert segment_exists(key)
     if not is_posix(key):
         assert sysv_segment(key)["nattch"] == 0
