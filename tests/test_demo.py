@@ -52,7 +52,7 @@ def test_demo_recovers_from_a_worker_killed_inside_the_lock(
     )
     # the segment was listed while attached and is gone after the last detach
     listing = "/dev/shm" if key_type == "posix" else "ipcs and the key file"
-    assert re.search(rf"before, {re.escape(listing)} list:", out)
+    assert re.search(rf"before, in {re.escape(listing)}:", out)
     assert re.search(rf"after: nothing left for this key in {re.escape(listing)}", out)
     assert "[FAILED]" not in out
     assert lines[-1] == "RESULT: all 9 checks passed"

@@ -335,7 +335,7 @@ class SystemView:
         found = self.objects()
         where = "/dev/shm" if self.posix else "ipcs and the key file"
         if found:
-            out.say(f"{when}, {where} list:")
+            out.say(f"{when}, in {where}:")
             for line in found:
                 Reporter.line(f"    {line}")
         else:
