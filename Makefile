@@ -10,6 +10,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 EXT    := $(VENV)/.ext-stamp
 SOURCES := $(shell find src -name '*.rs') Cargo.toml pyproject.toml
+# Python code that ruff checks (benchmarks/ only once it exists)
 PY_DIRS := python tests $(wildcard benchmarks)
 
 export QT_QPA_PLATFORM := offscreen

@@ -716,8 +716,13 @@ impl SharedMemory {
                     }
                     Ok(PosixAttach::Foreign(att)) => {
                         let sem = self.open_qt_posix_semaphore().map_err(|e| self.record(e))?;
-                        self.drop_lock_primitive();
-                        self.lock = Some(LockPrimitive::Posix(sem));
+                        // Re-attaching keeps the semaphore this handle already has: dropping it
+                        // would unlink its name if this handle created it, and the next Qt
+                        // attacher would make a new one (two locks for one segment).
+                        if !self.is_current_posix_lock(&sem) {
+                            self.drop_lock_primitive();
+                            self.lock = Some(LockPrimitive::Posix(sem));
+                        }
                         self.attachment = Some(Arc::new(att));
                     }
                     Err(e) => return Err(self.record(e)),
@@ -757,11 +762,18 @@ impl SharedMemory {
     fn settle_foreign(&self) {
         if let Ok(sem) = self.open_qt_posix_semaphore() {
             segment::settle_foreign_size(&LockPrimitive::Posix(sem.clone()));
-            if !sem.owns_semaphore() {
+            // Only a semaphore opened just for this wait is cleaned up; the handle's own lock
+            // (kept from an earlier attachment) must keep its name.
+            if !sem.owns_semaphore() || self.is_current_posix_lock(&sem) {
                 return;
             }
             sem.clean_handle();
         }
+    }
+
+    /// Whether `sem` is the very semaphore this handle already uses as its lock.
+    fn is_current_posix_lock(&self, sem: &Arc<PosixSemaphore>) -> bool {
+        matches!(&self.lock, Some(LockPrimitive::Posix(current)) if Arc::ptr_eq(current, sem))
     }
 
     /// `QSharedMemory::detach()`: always lets go of the memory; buffers taken from it stay
