@@ -297,16 +297,23 @@ impl SharedMemory {
         match self.lock.take() {
             Some(LockPrimitive::Posix(sem)) => sem.clean_handle(),
             Some(LockPrimitive::SysV(sem)) if sem.owns_semaphore() => {
+                // Qt's rule: the object that created a semaphore removes it when it goes;
+                // everyone else re-creates it on demand. Without this, a Qt process that is
+                // the last user of a segment we created would leave our semaphore behind (Qt
+                // removes only semaphores it created). The key file stays while the segment
+                // exists: for new System V keys it is also the segment's key file.
                 if let Some(Backend::SysV { project_id }) = backend(self.lock_key.key_type()) {
-                    // Never waits: a busy lock means the semaphore is in use.
-                    if let Ok(Some(recovered)) =
-                        crate::lock::acquire_for_cleanup(&sem, Duration::ZERO)
-                    {
-                        if !segment::sysv_segment_exists(self.lock_key.native_key(), project_id) {
-                            sem.remove();
-                        }
-                        crate::lock::release_after_cleanup(&sem, recovered);
-                    }
+                    let segment_key = self.lock_key.native_key().to_owned();
+                    segment::run_under_sysv_lock(
+                        &sem,
+                        Box::new(move |sem| {
+                            if segment::sysv_segment_exists(&segment_key, project_id) {
+                                sem.remove_set();
+                            } else {
+                                sem.remove();
+                            }
+                        }),
+                    );
                 }
             }
             _ => {}

@@ -24,9 +24,9 @@ and never unlinked by us; 5. a SIGKILLed lock holder on either side does not blo
 (System V, ``SEM_UNDO``); 6. Qt's errors on segments qsharedmem owns are the ones Qt reports for
 its own.
 
-Also here: the regression test of a core fix found with these peers (re-attaching to a leaked Qt
-POSIX segment kept a lock Qt could no longer find), and one known core leak as a strict xfail
-(a qsharedmem creator leaving before a Qt last detacher leaves the System V lock semaphore).
+Also here: regression tests of two core fixes found with these peers (re-attaching to a leaked
+Qt POSIX segment kept a lock Qt could no longer find; a qsharedmem creator leaving before a Qt
+last detacher left the System V lock semaphore behind).
 
 Cleanup: every key comes from ``make_key``; its teardown removes what either side leaves (Qt
 leaks POSIX segments by design). System V objects whose key file is already gone cannot be found
@@ -533,11 +533,9 @@ def test_sysv_segment_lives_until_the_last_side_detaches(
     assert not segment_file.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a qsharedmem creator that leaves before a Qt attacher does not remove the lock "
-    "semaphore, and Qt's last detach does not either (it only removes semaphores it created)",
-)
+# Regression: a qsharedmem creator leaving before a Qt last detacher used to leave the lock
+# semaphore behind (Qt removes only semaphores it created). The creator now removes the set it
+# created when it goes, as Qt's objects do; users re-create it on demand.
 @pytest.mark.parametrize("kind", SYSV_KINDS)
 def test_sysv_nothing_is_left_when_qsharedmem_creator_leaves_before_qt(
     peers: Peers, kind: str
