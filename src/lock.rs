@@ -382,44 +382,33 @@ fn sysv_attempt(
 }
 
 /// Takes a System V lock for a cleanup decision (is this the last detacher?), waiting at most
-/// `wait`, without ever re-creating a removed semaphore (that would leave it behind): `Ok(None)`
-/// if it was removed (then the segment is gone too) or stayed busy; otherwise whether the
-/// previous holder died. The caller releases it with [`release_after_cleanup`].
+/// `wait`: `Ok(None)` if it stayed busy; otherwise whether the previous holder died. Like every
+/// user of the lock it re-creates a semaphore that was removed (its creator may have gone while
+/// the segment lives on); the caller removes what it re-created if the segment turns out to be
+/// gone. Release it with [`release_after_cleanup`].
 pub(crate) fn acquire_for_cleanup(
     sem: &SysVSemaphore,
     wait: Duration,
 ) -> Result<Option<bool>, Errno> {
-    let with_token = sem.has_consistency_token();
-    let ops: &[SemOp] = if with_token {
-        &[TAKE_LOCK, TAKE_TOKEN]
-    } else {
-        &[TAKE_LOCK]
-    };
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .min(WAIT_SLICE);
-        match sem.operate_existing(ops, Some(left.max(Duration::from_millis(1)))) {
-            Ok(()) => {
+        let attempt = if left.is_zero() {
+            try_sysv(sem)
+        } else {
+            wait_sysv(sem, left)
+        };
+        match attempt {
+            Ok(Some(got)) => {
                 mark_held(Identity::SysV(sem.native_key()));
-                return Ok(Some(false));
+                return Ok(Some(got == Acquired::OwnerDied));
             }
-            Err(Errno(libc::EAGAIN | libc::EINTR | libc::EFBIG)) => {
-                if with_token
-                    && sem
-                        .operate_existing(&[nowait(TAKE_LOCK), TOKEN_MISSING], None)
-                        .is_ok()
-                {
-                    mark_held(Identity::SysV(sem.native_key()));
-                    return Ok(Some(true));
-                }
-                if Instant::now() >= deadline {
-                    return Ok(None);
-                }
-            }
-            Err(Errno(libc::EIDRM | libc::EINVAL)) => return Ok(None),
-            Err(e) => return Err(e),
+            Ok(None) if Instant::now() >= deadline => return Ok(None),
+            Ok(None) => {}
+            Err(LockFailure::Os(e)) => return Err(e),
+            Err(_) => return Ok(None),
         }
     }
 }
@@ -484,13 +473,32 @@ fn release_sysv(sem: &SysVSemaphore, recovered: bool) -> Result<(), Errno> {
 /// } // unlocked here
 /// # Ok::<(), qsharedmem::Error>(())
 /// ```
+///
+/// A guard is not `Send`: the lock belongs to the thread that took it (the robust mutex can
+/// only be released by its owner thread), so the guard must be dropped on that thread.
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// let mut shm = qsharedmem::SharedMemory::new();
+/// send(shm.lock().unwrap());
+/// ```
 #[derive(Debug)]
 pub struct LockGuard<'a> {
     pub(crate) shm: &'a mut crate::SharedMemory,
     pub(crate) owner_died: bool,
+    /// Makes the guard `!Send` (and `!Sync`).
+    pub(crate) _not_send: std::marker::PhantomData<*const ()>,
 }
 
-impl LockGuard<'_> {
+impl<'a> LockGuard<'a> {
+    pub(crate) fn new(shm: &'a mut crate::SharedMemory, owner_died: bool) -> Self {
+        Self {
+            shm,
+            owner_died,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
     /// True if the previous holder died while holding the lock: the data it protected may be
     /// half-written, and the caller decides whether it can be used.
     #[must_use]
@@ -540,6 +548,7 @@ pub(crate) fn guarded_slice(att: &Attachment) -> &[u8] {
 
 /// The attachment's bytes for writing, for a [`LockGuard`] borrowed mutably.
 #[allow(unsafe_code)] // see `guarded_slice`
+#[allow(clippy::mut_from_ref)] // exclusivity comes from the cross-process lock, see SAFETY
 pub(crate) fn guarded_slice_mut(att: &Attachment) -> &mut [u8] {
     // SAFETY: as in `guarded_slice`, plus: the caller borrows the guard (and through it the
     // handle) mutably for the slice's lifetime, so no other slice from this handle exists; other

@@ -512,25 +512,41 @@ impl SysVAttachment {
     fn detach(&mut self) {
         // shmdt needs no lock; only the "was that the last one?" decision does.
         drop(self.mapping.take());
-        if lock::sysv_held_by_current_thread(&self.lock) {
-            remove_if_unused(self.shmid, &self.key_file, &self.lock);
-            return;
-        }
-        match lock::acquire_for_cleanup(&self.lock, CLEANUP_WAIT) {
-            Ok(Some(recovered)) => {
-                remove_if_unused(self.shmid, &self.key_file, &self.lock);
-                lock::release_after_cleanup(&self.lock, recovered);
-            }
-            // Busy for long: let the reaper thread wait for it, so a destructor never blocks
-            // for long.
-            Ok(None) if self.lock.is_open() => reap_later(ReapJob {
-                shmid: self.shmid,
-                key_file: self.key_file.clone(),
-                lock: self.lock.clone(),
+        let (shmid, key_file) = (self.shmid, self.key_file.clone());
+        run_under_sysv_lock(
+            &self.lock,
+            Box::new(move |lock| {
+                let removed = remove_if_unused(shmid, &key_file, lock);
+                if !removed && lock.owns_semaphore() && sysv::shm_stat(shmid).is_err() {
+                    // Someone else removed the segment, and taking the lock re-created a
+                    // semaphore for nothing: take it away again.
+                    lock.remove();
+                }
             }),
-            // Removed: the segment went with it.
-            Ok(None) | Err(_) => {}
+        );
+    }
+}
+
+/// Work that must run while holding a System V lock (a cleanup decision).
+pub(crate) type UnderLock = Box<dyn FnOnce(&SysVSemaphore) + Send>;
+
+/// Runs `action` under `lock`: at once if this thread holds the lock or it becomes free within
+/// [`CLEANUP_WAIT`]; otherwise on the reaper thread, which waits for as long as the lock
+/// exists. Never re-creates a removed lock (its segment went with it), so a destructor that
+/// calls this neither blocks long nor leaves anything behind.
+pub(crate) fn run_under_sysv_lock(lock: &Arc<SysVSemaphore>, action: UnderLock) {
+    if lock::sysv_held_by_current_thread(lock) {
+        action(lock);
+        return;
+    }
+    match lock::acquire_for_cleanup(lock, CLEANUP_WAIT) {
+        Ok(Some(recovered)) => {
+            action(lock);
+            lock::release_after_cleanup(lock, recovered);
         }
+        Ok(None) => reap_later(lock.clone(), action),
+        // The lock cannot even be opened (its key file's directory is gone, say).
+        Err(_) => {}
     }
 }
 
@@ -549,44 +565,37 @@ fn remove_if_unused(shmid: i32, key_file: &CString, lock: &SysVSemaphore) -> boo
     }
 }
 
-struct ReapJob {
-    shmid: i32,
-    key_file: CString,
-    lock: Arc<SysVSemaphore>,
-}
-
-/// Hands a deferred last-detacher check to a background thread, which waits for the lock.
-fn reap_later(job: ReapJob) {
-    static REAPER: OnceLock<Mutex<mpsc::Sender<ReapJob>>> = OnceLock::new();
+/// Hands work that needs a busy System V lock to a background thread, which waits for it.
+fn reap_later(lock: Arc<SysVSemaphore>, action: UnderLock) {
+    type Job = (Arc<SysVSemaphore>, UnderLock);
+    static REAPER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
     let sender = REAPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<ReapJob>();
-        let spawned = std::thread::Builder::new()
+        let (tx, rx) = mpsc::channel::<Job>();
+        // If the thread cannot be started the work is skipped: an orphaned segment is
+        // reclaimed by the next create() or by `qsharedmem gc`.
+        let _ = std::thread::Builder::new()
             .name("qsharedmem-reaper".into())
             .spawn(move || {
-                for job in rx {
-                    while job.lock.is_open() {
-                        match lock::acquire_for_cleanup(&job.lock, Duration::from_secs(60)) {
+                for (lock, action) in rx {
+                    while lock.is_open() {
+                        match lock::acquire_for_cleanup(&lock, Duration::from_secs(60)) {
                             Ok(Some(recovered)) => {
-                                remove_if_unused(job.shmid, &job.key_file, &job.lock);
-                                lock::release_after_cleanup(&job.lock, recovered);
+                                action(&lock);
+                                lock::release_after_cleanup(&lock, recovered);
                                 break;
                             }
-                            Ok(None) => continue,
+                            Ok(None) => {}
                             Err(_) => break,
                         }
                     }
                 }
             });
-        if spawned.is_err() {
-            // Without a thread the check is skipped; the orphan is reclaimed by the next
-            // create() or by `qsharedmem gc`.
-        }
         Mutex::new(tx)
     });
     let _ = sender
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .send(job);
+        .send((lock, action));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -243,6 +243,17 @@ impl SysVSemaphore {
         }
     }
 
+    /// Removes only the set (IPC_RMID), keeping the key file, which a live System V segment may
+    /// share. Users of the set re-create it on their next operation, as Qt's do.
+    pub(crate) fn remove_set(&self) {
+        let id = self.semid.swap(-1, Ordering::AcqRel);
+        self.created_file.store(false, Ordering::Relaxed);
+        self.created_semaphore.store(false, Ordering::Relaxed);
+        if id >= 0 {
+            let _ = sysv::sem_remove(id);
+        }
+    }
+
     /// Forget ownership: after this, [`Self::clean_handle`] removes nothing.
     pub(crate) fn disown(&self) {
         self.created_file.store(false, Ordering::Relaxed);

@@ -297,16 +297,23 @@ impl SharedMemory {
         match self.lock.take() {
             Some(LockPrimitive::Posix(sem)) => sem.clean_handle(),
             Some(LockPrimitive::SysV(sem)) if sem.owns_semaphore() => {
+                // Qt's rule: the object that created a semaphore removes it when it goes;
+                // everyone else re-creates it on demand. Without this, a Qt process that is
+                // the last user of a segment we created would leave our semaphore behind (Qt
+                // removes only semaphores it created). The key file stays while the segment
+                // exists: for new System V keys it is also the segment's key file.
                 if let Some(Backend::SysV { project_id }) = backend(self.lock_key.key_type()) {
-                    // Never waits: a busy lock means the semaphore is in use.
-                    if let Ok(Some(recovered)) =
-                        crate::lock::acquire_for_cleanup(&sem, Duration::ZERO)
-                    {
-                        if !segment::sysv_segment_exists(self.lock_key.native_key(), project_id) {
-                            sem.remove();
-                        }
-                        crate::lock::release_after_cleanup(&sem, recovered);
-                    }
+                    let segment_key = self.lock_key.native_key().to_owned();
+                    segment::run_under_sysv_lock(
+                        &sem,
+                        Box::new(move |sem| {
+                            if segment::sysv_segment_exists(&segment_key, project_id) {
+                                sem.remove_set();
+                            } else {
+                                sem.remove();
+                            }
+                        }),
+                    );
                 }
             }
             _ => {}
@@ -366,8 +373,9 @@ impl SharedMemory {
         Ok(found)
     }
 
-    /// Takes the lock for an internal operation (create/attach/detach) unless this handle
-    /// already holds it. Returns whether the operation must release it afterwards.
+    /// Takes the lock for an internal operation (create/attach/detach) unless this thread
+    /// already holds it (through this handle or another). Returns the lock to release
+    /// afterwards, if it was taken here.
     fn lock_internally(
         &mut self,
         function: &str,
@@ -379,6 +387,12 @@ impl SharedMemory {
         let Some(primitive) = self.lock.clone() else {
             return Ok(None);
         };
+        if primitive.held_by_current_thread() {
+            // This thread holds the lock through another handle: the operation is already
+            // exclusive (waiting would deadlock; Qt's does), as the last-detacher check of a
+            // System V attachment also assumes.
+            return Ok(None);
+        }
         match primitive.acquire(None, interrupt) {
             Ok(_) => Ok(Some(primitive)),
             Err(LockFailure::Interrupted) => Err(interrupted_error(function)),
@@ -490,10 +504,7 @@ impl SharedMemory {
     /// `LockError` (see [`lock_with`](Self::lock_with)).
     pub fn lock(&mut self) -> crate::Result<LockGuard<'_>> {
         let owner_died = self.lock_with(None, &mut uninterrupted)?;
-        Ok(LockGuard {
-            shm: self,
-            owner_died,
-        })
+        Ok(LockGuard::new(self, owner_died))
     }
 
     /// Locks, waiting at most `timeout`.
@@ -502,10 +513,7 @@ impl SharedMemory {
     /// `LockError`, also when the timeout passes.
     pub fn lock_timeout(&mut self, timeout: Duration) -> crate::Result<LockGuard<'_>> {
         let owner_died = self.lock_with(Some(timeout), &mut uninterrupted)?;
-        Ok(LockGuard {
-            shm: self,
-            owner_died,
-        })
+        Ok(LockGuard::new(self, owner_died))
     }
 
     /// Locks if nobody else holds the lock right now; `Ok(None)` otherwise.
@@ -514,10 +522,7 @@ impl SharedMemory {
     /// `LockError` if there is no lock to take or the OS refused.
     pub fn try_lock(&mut self) -> crate::Result<Option<LockGuard<'_>>> {
         match self.try_lock_raw()? {
-            Some(owner_died) => Ok(Some(LockGuard {
-                shm: self,
-                owner_died,
-            })),
+            Some(owner_died) => Ok(Some(LockGuard::new(self, owner_died))),
             None => Ok(None),
         }
     }
@@ -724,8 +729,13 @@ impl SharedMemory {
                     }
                     Ok(PosixAttach::Foreign(att)) => {
                         let sem = self.open_qt_posix_semaphore().map_err(|e| self.record(e))?;
-                        self.drop_lock_primitive();
-                        self.lock = Some(LockPrimitive::Posix(sem));
+                        // Re-attaching keeps the semaphore this handle already has: dropping it
+                        // would unlink its name if this handle created it, and the next Qt
+                        // attacher would make a new one (two locks for one segment).
+                        if !self.is_current_posix_lock(&sem) {
+                            self.drop_lock_primitive();
+                            self.lock = Some(LockPrimitive::Posix(sem));
+                        }
                         self.attachment = Some(Arc::new(att));
                     }
                     Err(e) => return Err(self.record(e)),
@@ -765,11 +775,18 @@ impl SharedMemory {
     fn settle_foreign(&self) {
         if let Ok(sem) = self.open_qt_posix_semaphore() {
             segment::settle_foreign_size(&LockPrimitive::Posix(sem.clone()));
-            if !sem.owns_semaphore() {
+            // Only a semaphore opened just for this wait is cleaned up; the handle's own lock
+            // (kept from an earlier attachment) must keep its name.
+            if !sem.owns_semaphore() || self.is_current_posix_lock(&sem) {
                 return;
             }
             sem.clean_handle();
         }
+    }
+
+    /// Whether `sem` is the very semaphore this handle already uses as its lock.
+    fn is_current_posix_lock(&self, sem: &Arc<PosixSemaphore>) -> bool {
+        matches!(&self.lock, Some(LockPrimitive::Posix(current)) if Arc::ptr_eq(current, sem))
     }
 
     /// `QSharedMemory::detach()`: always lets go of the memory; buffers taken from it stay
