@@ -76,6 +76,9 @@ const AT_CREATED_MS: usize = 32;
 const AT_OWNER_DEATHS: usize = 40;
 const AT_NATIVE_KEY_LEN: usize = 48;
 const AT_LEGACY_KEY_LEN: usize = 50;
+/// Nonzero once `remove()` took the segment's name away (a field added within version 1: the
+/// bytes were zero-filled padding, so older segments read as "not removed").
+const AT_REMOVED: usize = 52;
 const AT_MUTEX: usize = 64;
 const AT_NATIVE_KEY: usize = AT_MUTEX + MUTEX_RESERVED;
 const NATIVE_KEY_MAX: usize = 256;
@@ -152,6 +155,33 @@ impl<'a> ControlPage<'a> {
     /// How many times a holder died while holding the lock.
     pub(crate) fn owner_deaths(&self) -> u32 {
         self.u32_at(AT_OWNER_DEATHS)
+    }
+
+    /// Claims the removal of the segment's name: true for exactly one caller, in any process,
+    /// so that two concurrent `remove()`s never unlink twice (the second one could otherwise
+    /// unlink a new segment that took the name in between).
+    fn claim_removal(&self) -> bool {
+        self.map
+            .atomic_u32(self.base + AT_REMOVED)
+            .compare_exchange(
+                0,
+                1,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Gives a claim back (the unlink failed, the name is still there).
+    fn release_removal_claim(&self) {
+        self.map
+            .atomic_u32(self.base + AT_REMOVED)
+            .store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether `remove()` took the segment's name away.
+    pub(crate) fn removal_claimed(&self) -> bool {
+        self.u32_at(AT_REMOVED) != 0
     }
 
     /// The exact size the creator asked for.
@@ -299,9 +329,40 @@ enum Inner {
     SysV(SysVAttachment),
 }
 
+/// Which file a POSIX segment is (its name can be given to another file later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(st: &posix::FileStat) -> Self {
+        Self {
+            dev: st.dev,
+            ino: st.ino,
+        }
+    }
+}
+
+/// What a handle remembers about a segment after detaching from it, to recognise it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SegmentIdentity {
+    /// A POSIX segment: its `/dev/shm` name and file; `ours` for qsharedmem segments (which
+    /// their last detach destroys), false for foreign ones (which nobody destroys but `remove`).
+    Posix {
+        file_name: String,
+        file: FileId,
+        ours: bool,
+    },
+    /// A System V segment (its last detach destroys it), by its id.
+    SysV { shmid: i32 },
+}
+
 #[derive(Debug)]
 struct Owned {
     file_name: String,
+    file: FileId,
     /// The whole file: data, padding, control page (read-only for `ReadOnly` attachments).
     data: Mapping,
     /// For `ReadOnly` attachments: a writable mapping holding the control page, and its offset.
@@ -323,6 +384,8 @@ struct RefcountFd {
 
 #[derive(Debug)]
 struct Foreign {
+    file_name: String,
+    file: FileId,
     data: Mapping,
     _fd: OwnedFd,
 }
@@ -332,6 +395,7 @@ struct SysVAttachment {
     shmid: i32,
     mapping: Option<Mapping>,
     key_file: CString,
+    project_id: u8,
     lock: Arc<SysVSemaphore>,
 }
 
@@ -452,6 +516,54 @@ impl Attachment {
         }
     }
 
+    /// What identifies this segment once detached.
+    pub(crate) fn identity(&self) -> SegmentIdentity {
+        match &self.inner {
+            Inner::Owned(o) => SegmentIdentity::Posix {
+                file_name: o.file_name.clone(),
+                file: o.file,
+                ours: true,
+            },
+            Inner::Foreign(f) => SegmentIdentity::Posix {
+                file_name: f.file_name.clone(),
+                file: f.file,
+                ours: false,
+            },
+            Inner::SysV(s) => SegmentIdentity::SysV { shmid: s.shmid },
+        }
+    }
+
+    /// Whether the segment's name was removed ([`remove_posix_name`], or `IPC_RMID` for System
+    /// V). Always false for foreign POSIX segments, which keep no record of it.
+    pub(crate) fn name_removed(&self) -> bool {
+        match &self.inner {
+            Inner::Owned(_) => self
+                .control_for_reading()
+                .is_some_and(|c| c.removal_claimed()),
+            Inner::Foreign(_) => false,
+            Inner::SysV(s) => {
+                sysv::shm_stat(s.shmid).map_or(true, |st| st.mode & sysv::SHM_DEST != 0)
+            }
+        }
+    }
+
+    /// Removes this System V segment's key now (`IPC_RMID`): nobody can attach to it any more,
+    /// and it is destroyed when its last attachment goes; that last detacher also removes the
+    /// key file and the lock (unless a new segment took the key). The caller holds the lock.
+    /// `Ok(false)` if it was removed already.
+    pub(crate) fn remove_sysv(&self) -> Result<bool, Error> {
+        let Inner::SysV(s) = &self.inner else {
+            return Ok(false);
+        };
+        match sysv::shm_stat(s.shmid) {
+            Ok(st) if st.mode & sysv::SHM_DEST == 0 => {}
+            Ok(_) | Err(_) => return Ok(false),
+        }
+        sysv::shm_remove(s.shmid)
+            .map(|()| true)
+            .map_err(|e| removal_error("QSharedMemory::remove (shmctl)", e.0))
+    }
+
     /// The System V segment id.
     pub(crate) fn sysv_id(&self) -> Option<i32> {
         match &self.inner {
@@ -500,12 +612,12 @@ impl SysVAttachment {
         // shmdt needs no lock; only the "was that the last one?" decision does.
         drop(self.mapping.take());
         if lock::sysv_held_by_current_thread(&self.lock) {
-            remove_if_unused(self.shmid, &self.key_file, &self.lock);
+            remove_if_unused(self.shmid, &self.key_file, self.project_id, &self.lock);
             return;
         }
         match lock::acquire_for_cleanup(&self.lock, CLEANUP_WAIT) {
             Ok(Some(recovered)) => {
-                remove_if_unused(self.shmid, &self.key_file, &self.lock);
+                remove_if_unused(self.shmid, &self.key_file, self.project_id, &self.lock);
                 lock::release_after_cleanup(&self.lock, recovered);
             }
             // Busy for long: let the reaper thread wait for it, so a destructor never blocks
@@ -513,6 +625,7 @@ impl SysVAttachment {
             Ok(None) if self.lock.is_open() => reap_later(ReapJob {
                 shmid: self.shmid,
                 key_file: self.key_file.clone(),
+                project_id: self.project_id,
                 lock: self.lock.clone(),
             }),
             // Removed: the segment went with it.
@@ -524,10 +637,19 @@ impl SysVAttachment {
 /// Removes the System V segment `shmid` if nobody is attached to it any more, together with
 /// its key file and the lock semaphore (and that one's key file). The caller holds the lock.
 /// Returns whether the lock semaphore was removed.
-fn remove_if_unused(shmid: i32, key_file: &CString, lock: &SysVSemaphore) -> bool {
+fn remove_if_unused(shmid: i32, key_file: &CString, project_id: u8, lock: &SysVSemaphore) -> bool {
     match sysv::shm_stat(shmid) {
         Ok(st) if st.attached == 0 => {
             let _ = sysv::shm_remove(shmid);
+            let _ = sysv::remove_key_file(key_file);
+            lock.remove();
+            true
+        }
+        // Already destroyed: its key was removed (`remove()`, or `ipcrm`) while we were
+        // attached, and our detach was the last one. The key file and the lock were left for
+        // us; they go too unless a new segment has taken the key meanwhile (it would share
+        // them). Nobody is creating one right now: creators hold the lock, and so do we.
+        Err(Errno(libc::EINVAL | libc::EIDRM)) if !sysv_key_in_use(key_file, project_id) => {
             let _ = sysv::remove_key_file(key_file);
             lock.remove();
             true
@@ -536,9 +658,15 @@ fn remove_if_unused(shmid: i32, key_file: &CString, lock: &SysVSemaphore) -> boo
     }
 }
 
+/// Whether a System V segment exists for the key file `key_file` right now.
+fn sysv_key_in_use(key_file: &CString, project_id: u8) -> bool {
+    sysv::ftok(key_file, project_id).is_ok_and(|key| sysv::shm_get(key, 0, 0).is_ok())
+}
+
 struct ReapJob {
     shmid: i32,
     key_file: CString,
+    project_id: u8,
     lock: Arc<SysVSemaphore>,
 }
 
@@ -554,7 +682,12 @@ fn reap_later(job: ReapJob) {
                     while job.lock.is_open() {
                         match lock::acquire_for_cleanup(&job.lock, Duration::from_secs(60)) {
                             Ok(Some(recovered)) => {
-                                remove_if_unused(job.shmid, &job.key_file, &job.lock);
+                                remove_if_unused(
+                                    job.shmid,
+                                    &job.key_file,
+                                    job.project_id,
+                                    &job.lock,
+                                );
                                 lock::release_after_cleanup(&job.lock, recovered);
                                 break;
                             }
@@ -736,6 +869,9 @@ pub(crate) fn create_posix(
         ));
     }
 
+    let file = posix::fstat(fd.as_fd())
+        .map(|st| FileId::of(&st))
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
     let generation = process::fork_generation();
     if mode.is_writable() {
         return Ok(Attachment {
@@ -743,6 +879,7 @@ pub(crate) fn create_posix(
             writable: true,
             inner: Inner::Owned(Owned {
                 file_name: file_name.to_owned(),
+                file,
                 data: whole,
                 control: None,
                 control_base: data_len,
@@ -767,6 +904,7 @@ pub(crate) fn create_posix(
         writable: false,
         inner: Inner::Owned(Owned {
             file_name: file_name.to_owned(),
+            file,
             data,
             control: Some((whole, data_len)),
             control_base: data_len,
@@ -899,6 +1037,7 @@ pub(crate) fn attach_posix(
                 writable,
                 inner: Inner::Owned(Owned {
                     file_name: file_name.to_owned(),
+                    file: FileId::of(&st),
                     data,
                     control,
                     control_base,
@@ -915,8 +1054,105 @@ pub(crate) fn attach_posix(
             Ok(PosixAttach::Foreign(Attachment {
                 size: len,
                 writable,
-                inner: Inner::Foreign(Foreign { data, _fd: fd }),
+                inner: Inner::Foreign(Foreign {
+                    file_name: file_name.to_owned(),
+                    file: FileId::of(&st),
+                    data,
+                    _fd: fd,
+                }),
             }))
+        }
+    }
+}
+
+/// What [`remove_posix_name`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// The name referred to the segment and is gone now.
+    Removed,
+    /// No such name, or it refers to another file than the one asked for.
+    Missing,
+    /// The segment is a qsharedmem segment whose name someone else removed (or is removing)
+    /// already.
+    AlreadyRemoved,
+}
+
+/// The error of a failed removal: Qt's text pattern with our function name; `EPERM` (not the
+/// owner of the object, or of a sticky directory entry) is `PermissionDenied` as `EACCES` is.
+fn removal_error(function: &str, errno: i32) -> Error {
+    if errno == libc::EPERM {
+        return Error::with_errno(
+            ErrorKind::PermissionDenied,
+            format!("{function}: permission denied"),
+            errno,
+        );
+    }
+    Error::from_errno(function, errno)
+}
+
+/// Removes the name `file_name` from `/dev/shm` now, if it refers to `expected` (any file when
+/// `None`). Processes attached to the segment keep it; a qsharedmem segment is then destroyed
+/// by its last detach as always, a foreign one when its last mapping goes.
+///
+/// For qsharedmem segments the removal is claimed in the control page first, so that of two
+/// concurrent removers exactly one unlinks (the other sees [`Removal::AlreadyRemoved`]); while
+/// this runs it holds a shared `flock` like an attachment, so no last detacher or orphan
+/// reclaimer can unlink the name under it either.
+pub(crate) fn remove_posix_name(
+    file_name: &str,
+    expected: Option<FileId>,
+) -> Result<Removal, Error> {
+    // Write access is needed only for the claim; without it, remove all the same (unlinking is
+    // a matter of the directory's permissions).
+    let opened = match open_posix(file_name, AccessMode::ReadWrite) {
+        Err(e) if e.errno() == Some(libc::EACCES) => {
+            open_posix(file_name, AccessMode::ReadOnly).map(|(fd, st)| (fd, st, false))
+        }
+        other => other.map(|(fd, st)| (fd, st, true)),
+    };
+    let (fd, st, writable) = match opened {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Removal::Missing),
+        Err(e) => return Err(e),
+    };
+    if expected.is_some_and(|id| id != FileId::of(&st)) {
+        // The name belongs to another segment now; never touch that one.
+        return Ok(Removal::Missing);
+    }
+    let page = page_size();
+    let ours = usize::try_from(st.size)
+        .ok()
+        .filter(|&len| len > 0)
+        .and_then(|len| Mapping::map_file(fd.as_fd(), 0, len, false).ok())
+        .is_some_and(|whole| matches!(classify(&whole, st.size), Ok(Classified::Ours { .. })));
+    // The control page is the file's last page; map just that one for the claim.
+    let control_map = if ours && writable {
+        Mapping::map_file(fd.as_fd(), st.size - page as u64, page, true).ok()
+    } else {
+        None
+    };
+    let control = control_map.as_ref().map(|map| ControlPage { map, base: 0 });
+    if ours {
+        let claimed = match &control {
+            Some(control) => control.claim_removal(),
+            // Read-only access: look at the flag, without claiming.
+            None => Mapping::map_file(fd.as_fd(), st.size - page as u64, page, false)
+                .map_or(true, |map| {
+                    !ControlPage { map: &map, base: 0 }.removal_claimed()
+                }),
+        };
+        if !claimed {
+            return Ok(Removal::AlreadyRemoved);
+        }
+    }
+    match posix::unlink_if_same(file_name, fd.as_fd()) {
+        Ok(true) => Ok(Removal::Removed),
+        Ok(false) => Ok(Removal::Missing),
+        Err(e) => {
+            if let Some(control) = &control {
+                control.release_removal_claim();
+            }
+            Err(removal_error("QSharedMemory::remove (shm_unlink)", e.0))
         }
     }
 }
@@ -993,7 +1229,7 @@ pub(crate) fn create_sysv(
             return Err(Error::from_errno("QSharedMemory::create", e.0));
         }
     };
-    match attach_sysv_id(id, key_file.clone(), mode, lock) {
+    match attach_sysv_id(id, key_file.clone(), project_id, mode, lock) {
         Ok(att) => Ok(att),
         Err(e) => {
             let _ = sysv::shm_remove(id);
@@ -1026,12 +1262,13 @@ pub(crate) fn attach_sysv(
     let perms = if mode.is_writable() { 0o600 } else { 0o400 };
     let id = sysv::shm_get(key, 0, perms)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.0))?;
-    attach_sysv_id(id, key_file, mode, lock)
+    attach_sysv_id(id, key_file, project_id, mode, lock)
 }
 
 fn attach_sysv_id(
     id: i32,
     key_file: CString,
+    project_id: u8,
     mode: AccessMode,
     lock: &Arc<SysVSemaphore>,
 ) -> Result<Attachment, Error> {
@@ -1046,6 +1283,7 @@ fn attach_sysv_id(
             shmid: id,
             mapping: Some(mapping),
             key_file,
+            project_id,
             lock: lock.clone(),
         }),
     })
@@ -1055,8 +1293,7 @@ fn attach_sysv_id(
 pub(crate) fn sysv_segment_exists(native_key: &str, project_id: u8) -> bool {
     sysv::key_path(native_key)
         .ok()
-        .and_then(|path| sysv::ftok(&path, project_id).ok())
-        .is_some_and(|key| sysv::shm_get(key, 0, 0).is_ok())
+        .is_some_and(|path| sysv_key_in_use(&path, project_id))
 }
 
 /// Waits for a foreign POSIX segment's creator to finish sizing it (Qt creates the object,
