@@ -18,7 +18,7 @@
 //! and by every buffer exported from it; the segment is detached when the last of them goes.
 
 use std::ffi::CString;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -380,6 +380,19 @@ struct RefcountFd {
     /// `process::fork_generation()` when the lock was taken: a different value means the
     /// descriptor was inherited through `fork()` and its lock belongs to the parent.
     generation: u64,
+    /// Between [`prepare_all_for_fork`] and the fork: a description with a lock of its own for
+    /// the child, which the parent closes right after the fork.
+    for_child: Option<OwnedFd>,
+}
+
+impl RefcountFd {
+    fn new(fd: OwnedFd) -> Self {
+        Self {
+            fd: Some(fd),
+            generation: process::fork_generation(),
+            for_child: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -478,19 +491,55 @@ impl Attachment {
         if rc.generation == now {
             return;
         }
+        if let Some(fd) = rc.for_child.take() {
+            // Locked for us before the fork: we have counted since the very first moment.
+            *rc = RefcountFd::new(fd);
+            return;
+        }
         let Some(inherited) = rc.fd.as_ref() else {
             return;
         };
-        if let Ok(fd) = posix::reopen(inherited.as_fd(), false) {
-            if posix::lock_shared(fd.as_fd()).is_ok() {
-                // Dropping the inherited descriptor does not release the parent's lock: the
-                // parent still has the open file description.
-                *rc = RefcountFd {
-                    fd: Some(fd),
-                    generation: now,
-                };
+        let Ok(fd) = posix::reopen(inherited.as_fd(), false) else {
+            return;
+        };
+        let locked = match posix::try_lock_shared(fd.as_fd()) {
+            Ok(true) => true,
+            // Someone holds LOCK_EX: a detacher deciding whether it is the last one. If that
+            // was the parent, between our fork and now, it saw only the description we share
+            // with it, concluded it was the last, and may have removed the name; its LOCK_EX
+            // then stays on that description for as long as we keep our inherited reference
+            // to it. So let go of it first, then wait (briefly) for the lock.
+            Ok(false) => {
+                rc.fd = None;
+                posix::lock_shared(fd.as_fd()).is_ok()
             }
+            Err(_) => false,
+        };
+        if locked {
+            // Dropping the inherited descriptor does not release the parent's lock: the
+            // parent still has the open file description.
+            *rc = RefcountFd::new(fd);
         }
+    }
+
+    /// Before `fork()`: a locked description for the child (see [`prepare_all_for_fork`]).
+    fn prepare_for_fork(&self) {
+        let Inner::Owned(o) = &self.inner else { return };
+        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        if rc.generation != process::fork_generation() {
+            return;
+        }
+        let Some(fd) = rc.fd.as_ref() else { return };
+        rc.for_child = posix::reopen(fd.as_fd(), false)
+            .ok()
+            .filter(|child| posix::lock_shared(child.as_fd()).is_ok());
+    }
+
+    /// In the parent after `fork()`: the child's description is the child's alone now.
+    fn after_fork_in_parent(&self) {
+        let Inner::Owned(o) = &self.inner else { return };
+        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        rc.for_child = None;
     }
 
     /// The (device, inode) of a qsharedmem POSIX segment and its refcount descriptor, for the
@@ -738,6 +787,27 @@ fn tracked() -> Vec<Arc<Attachment>> {
     }
 }
 
+/// Before `fork()` (Python's `os.register_at_fork(before=...)`): gives every qsharedmem POSIX
+/// attachment a second locked description, which the child inherits and keeps while the parent
+/// closes its copy ([`after_fork_in_parent_all`]). The child's attachments then count from the
+/// moment of the fork, so a parent that detaches right after forking cannot take itself for
+/// the last holder and destroy a segment the child inherited. Without this preparation (a
+/// fork that runs no hooks), the child takes its own lock when it re-homes, which leaves that
+/// short window open.
+pub fn prepare_all_for_fork() {
+    for attachment in tracked() {
+        attachment.prepare_for_fork();
+    }
+}
+
+/// In the parent after `fork()`: closes the descriptions [`prepare_all_for_fork`] made for the
+/// child.
+pub fn after_fork_in_parent_all() {
+    for attachment in tracked() {
+        attachment.after_fork_in_parent();
+    }
+}
+
 /// In a child after `fork()`: gives every inherited qsharedmem POSIX attachment a lock of the
 /// child's own (see [`Attachment::rehome_after_fork`]).
 pub fn rehome_all_after_fork() {
@@ -841,8 +911,7 @@ pub(crate) fn create_posix(
     control
         .initialise(size, native_key, legacy_key)
         .map_err(|e| Error::from_errno("QSharedMemory::create (pthread_mutex_init)", e.0))?;
-    posix::lock_shared(fd.as_fd())
-        .map_err(|e| Error::from_errno("QSharedMemory::create (flock)", e.0))?;
+    let lock_fd = refcount_descriptor(fd.as_fd())?;
 
     let mut published = false;
     for _ in 0..8 {
@@ -872,7 +941,6 @@ pub(crate) fn create_posix(
     let file = posix::fstat(fd.as_fd())
         .map(|st| FileId::of(&st))
         .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
-    let generation = process::fork_generation();
     if mode.is_writable() {
         return Ok(Attachment {
             size,
@@ -883,10 +951,7 @@ pub(crate) fn create_posix(
                 data: whole,
                 control: None,
                 control_base: data_len,
-                refcount: Mutex::new(RefcountFd {
-                    fd: Some(fd),
-                    generation,
-                }),
+                refcount: Mutex::new(RefcountFd::new(lock_fd)),
             }),
         });
     }
@@ -894,8 +959,6 @@ pub(crate) fn create_posix(
     // the writable mapping is kept only for the control page (the lock lives there).
     let ro_fd = posix::reopen(fd.as_fd(), false)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.0))?;
-    posix::lock_shared(ro_fd.as_fd())
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (flock)", e.0))?;
     drop(fd);
     let data = Mapping::map_file(ro_fd.as_fd(), 0, total, false)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
@@ -908,12 +971,25 @@ pub(crate) fn create_posix(
             data,
             control: Some((whole, data_len)),
             control_base: data_len,
-            refcount: Mutex::new(RefcountFd {
-                fd: Some(ro_fd),
-                generation,
-            }),
+            refcount: Mutex::new(RefcountFd::new(lock_fd)),
         }),
     })
+}
+
+/// A new open file description of the file `fd` is open on, holding a shared `flock`: the
+/// attachment's vote in the refcount.
+///
+/// It is never mapped. A mapping keeps the description it was made from alive after the
+/// descriptor is closed, and in a child after `fork()`; a lock on such a description would
+/// outlive the attachment (a read-only creator's, a second attachment's at exit, the parent's
+/// inherited by a forked child) and make the real last detacher's `LOCK_EX` fail, leaving the
+/// segment behind.
+fn refcount_descriptor(fd: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+    let lock_fd = posix::reopen(fd, false)
+        .map_err(|e| Error::from_errno("QSharedMemory::create (open)", e.0))?;
+    posix::lock_shared(lock_fd.as_fd())
+        .map_err(|e| Error::from_errno("QSharedMemory::create (flock)", e.0))?;
+    Ok(lock_fd)
 }
 
 /// The name is taken. If it is a qsharedmem segment that nobody holds (all its users crashed),
@@ -1014,7 +1090,10 @@ pub(crate) fn attach_posix(
     }
     let len = usize::try_from(st.size)
         .map_err(|_| Error::from_errno("QSharedMemory::attach (mmap)", libc::ENOMEM))?;
-    let data = Mapping::map_file(fd.as_fd(), 0, len, writable)
+    // `fd` holds the refcount lock; the memory is mapped through a description of its own (see
+    // `refcount_descriptor`).
+    let data = posix::reopen(fd.as_fd(), writable)
+        .and_then(|map_fd| Mapping::map_file(map_fd.as_fd(), 0, len, writable))
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
     match classify(&data, st.size)? {
         Classified::Ours { logical_size } => {
@@ -1031,7 +1110,6 @@ pub(crate) fn attach_posix(
                         .map(|m| (m, 0))
                 })
             };
-            let generation = process::fork_generation();
             Ok(PosixAttach::Ours(Attachment {
                 size: logical_size,
                 writable,
@@ -1041,10 +1119,7 @@ pub(crate) fn attach_posix(
                     data,
                     control,
                     control_base,
-                    refcount: Mutex::new(RefcountFd {
-                        fd: Some(fd),
-                        generation,
-                    }),
+                    refcount: Mutex::new(RefcountFd::new(fd)),
                 }),
             }))
         }

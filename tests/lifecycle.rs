@@ -437,3 +437,25 @@ fn concurrent_removes_of_one_segment_unlink_exactly_once() {
         assert!(!leftovers(&key));
     }
 }
+
+#[test]
+fn a_read_only_creator_is_counted_like_everyone_else() {
+    // Its lock used to sit on the description its control page is mapped from, which outlived
+    // the attachment and made its own last detach fail to see itself as the last.
+    for key_type in TYPES {
+        let key = unique_key("ro-creator", key_type);
+        let mut creator = SharedMemory::with_key(key.clone());
+        creator.create(10, AccessMode::ReadOnly).unwrap();
+        let mut writer = SharedMemory::with_key(key.clone());
+        writer.attach(AccessMode::ReadWrite).unwrap();
+        put(&mut writer, b"w");
+        writer.detach().unwrap();
+        assert!(leftovers(&key), "{key_type:?}: the creator still holds it");
+        assert_eq!(get(&mut creator, 1), b"w");
+        creator.detach().unwrap();
+        assert!(
+            !leftovers(&key),
+            "{key_type:?}: the last detach destroys it"
+        );
+    }
+}
