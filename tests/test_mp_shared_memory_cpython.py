@@ -17,7 +17,6 @@ Manager-style usage of ``qsharedmem.SharedMemory`` is tested in ``test_mp_dropin
 from __future__ import annotations
 
 import multiprocessing
-import os
 import pickle
 import signal
 import subprocess
@@ -26,7 +25,6 @@ import unittest.mock
 from pathlib import Path
 
 import pytest
-
 import qsharedmem
 from qsharedmem import shared_memory
 

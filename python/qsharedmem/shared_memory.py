@@ -25,6 +25,7 @@ See ``docs/multiprocessing.md`` for the migration guide and every difference fro
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -157,13 +158,11 @@ class SharedMemory:
         buf = self._buf
         self._buf = None
         if buf is not None:
-            try:
+            # BufferError: something (a numpy array, a ctypes object...) holds a buffer export
+            # of this very memoryview. It keeps the memory mapped, and the attachment counted,
+            # until it is released. CPython raises here; we just let go of our reference.
+            with contextlib.suppress(BufferError):
                 buf.release()
-            except BufferError:
-                # Something (a numpy array, a ctypes object...) holds a buffer export of this
-                # very memoryview: it keeps the memory mapped, and the attachment counted, until
-                # it is released. CPython raises here; we let go of our reference instead.
-                pass
         shm = self._shm
         if shm is not None and shm.isAttached():
             shm.detach()
