@@ -380,8 +380,9 @@ impl SharedMemory {
         Ok(found)
     }
 
-    /// Takes the lock for an internal operation (create/attach/detach) unless this handle
-    /// already holds it. Returns whether the operation must release it afterwards.
+    /// Takes the lock for an internal operation (create/attach/detach) unless this thread
+    /// already holds it (through this handle or another). Returns the lock to release
+    /// afterwards, if it was taken here.
     fn lock_internally(
         &mut self,
         function: &str,
@@ -393,6 +394,12 @@ impl SharedMemory {
         let Some(primitive) = self.lock.clone() else {
             return Ok(None);
         };
+        if primitive.held_by_current_thread() {
+            // This thread holds the lock through another handle: the operation is already
+            // exclusive (waiting would deadlock; Qt's does), as the last-detacher check of a
+            // System V attachment also assumes.
+            return Ok(None);
+        }
         match primitive.acquire(None, interrupt) {
             Ok(_) => Ok(Some(primitive)),
             Err(LockFailure::Interrupted) => Err(interrupted_error(function)),
@@ -723,8 +730,13 @@ impl SharedMemory {
                     }
                     Ok(PosixAttach::Foreign(att)) => {
                         let sem = self.open_qt_posix_semaphore().map_err(|e| self.record(e))?;
-                        self.drop_lock_primitive();
-                        self.lock = Some(LockPrimitive::Posix(sem));
+                        // Re-attaching keeps the semaphore this handle already has: dropping it
+                        // would unlink its name if this handle created it, and the next Qt
+                        // attacher would make a new one (two locks for one segment).
+                        if !self.is_current_posix_lock(&sem) {
+                            self.drop_lock_primitive();
+                            self.lock = Some(LockPrimitive::Posix(sem));
+                        }
                         self.attachment = Some(Arc::new(att));
                     }
                     Err(e) => return Err(self.record(e)),
@@ -764,11 +776,18 @@ impl SharedMemory {
     fn settle_foreign(&self) {
         if let Ok(sem) = self.open_qt_posix_semaphore() {
             segment::settle_foreign_size(&LockPrimitive::Posix(sem.clone()));
-            if !sem.owns_semaphore() {
+            // Only a semaphore opened just for this wait is cleaned up; the handle's own lock
+            // (kept from an earlier attachment) must keep its name.
+            if !sem.owns_semaphore() || self.is_current_posix_lock(&sem) {
                 return;
             }
             sem.clean_handle();
         }
+    }
+
+    /// Whether `sem` is the very semaphore this handle already uses as its lock.
+    fn is_current_posix_lock(&self, sem: &Arc<PosixSemaphore>) -> bool {
+        matches!(&self.lock, Some(LockPrimitive::Posix(current)) if Arc::ptr_eq(current, sem))
     }
 
     /// `QSharedMemory::detach()`: always lets go of the memory; buffers taken from it stay
