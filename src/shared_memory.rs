@@ -928,35 +928,29 @@ impl SharedMemory {
                 Backend::SysV { .. } => self.remove_sysv_by_key(None, interrupt),
             },
         };
-        match found {
-            Ok(Removal::Removed) => {
-                if let Some(previous) = &mut self.previous {
-                    previous.name_removed = true;
-                }
-                self.last_error = None;
-                Ok(())
-            }
-            // The segment went with its last detach (ours or another process's): its name
-            // went with it, which is what the caller asked for.
-            Ok(Removal::Missing)
-                if previous.as_ref().is_some_and(|p| {
-                    !p.name_removed
-                        && matches!(
-                            p.identity,
-                            SegmentIdentity::SysV { .. }
-                                | SegmentIdentity::Posix { ours: true, .. }
-                        )
-                }) =>
-            {
-                if let Some(previous) = &mut self.previous {
-                    previous.name_removed = true;
-                }
-                self.last_error = None;
-                Ok(())
-            }
-            Ok(Removal::Missing | Removal::AlreadyRemoved) => Err(self.record(not_found())),
-            Err(e) => Err(self.record(e)),
+        let removed = match found {
+            Ok(Removal::Removed) => true,
+            // The segment went with its last detach (ours or another process's), and its name
+            // with it: that is what the caller asked for. Not so for a foreign segment (nobody
+            // but a remover takes its name away) or one whose name was removed already.
+            Ok(Removal::Missing) => previous.as_ref().is_some_and(|p| {
+                !p.name_removed
+                    && matches!(
+                        p.identity,
+                        SegmentIdentity::SysV { .. } | SegmentIdentity::Posix { ours: true, .. }
+                    )
+            }),
+            Ok(Removal::AlreadyRemoved) => false,
+            Err(e) => return Err(self.record(e)),
+        };
+        if !removed {
+            return Err(self.record(not_found()));
         }
+        if let Some(previous) = &mut self.previous {
+            previous.name_removed = true;
+        }
+        self.last_error = None;
+        Ok(())
     }
 
     /// Removes the System V segment of the current key (only if it is the segment `expected`,
