@@ -6,6 +6,9 @@ segment (also after crashes), a crashed lock holder does not block everyone, ``l
 timeout and never freezes other Python threads, and ``data()`` is a ``memoryview`` that cannot
 crash the interpreter (read-only for ``ReadOnly`` attachments, valid after ``detach()``).
 
+``SharedMemory`` is a drop-in for ``multiprocessing.shared_memory.SharedMemory`` on the same
+core, without its resource tracker: see ``docs/multiprocessing.md``.
+
 >>> from qsharedmem import QSharedMemory
 >>> shm = QSharedMemory(QSharedMemory.platformSafeKey("doctest-demo"))
 >>> shm.create(16)
