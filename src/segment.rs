@@ -76,6 +76,9 @@ const AT_CREATED_MS: usize = 32;
 const AT_OWNER_DEATHS: usize = 40;
 const AT_NATIVE_KEY_LEN: usize = 48;
 const AT_LEGACY_KEY_LEN: usize = 50;
+/// Nonzero once `remove()` took the segment's name away (a field added within version 1: the
+/// bytes were zero-filled padding, so older segments read as "not removed").
+const AT_REMOVED: usize = 52;
 const AT_MUTEX: usize = 64;
 const AT_NATIVE_KEY: usize = AT_MUTEX + MUTEX_RESERVED;
 const NATIVE_KEY_MAX: usize = 256;
@@ -152,6 +155,33 @@ impl<'a> ControlPage<'a> {
     /// How many times a holder died while holding the lock.
     pub(crate) fn owner_deaths(&self) -> u32 {
         self.u32_at(AT_OWNER_DEATHS)
+    }
+
+    /// Claims the removal of the segment's name: true for exactly one caller, in any process,
+    /// so that two concurrent `remove()`s never unlink twice (the second one could otherwise
+    /// unlink a new segment that took the name in between).
+    fn claim_removal(&self) -> bool {
+        self.map
+            .atomic_u32(self.base + AT_REMOVED)
+            .compare_exchange(
+                0,
+                1,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Gives a claim back (the unlink failed, the name is still there).
+    fn release_removal_claim(&self) {
+        self.map
+            .atomic_u32(self.base + AT_REMOVED)
+            .store(0, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether `remove()` took the segment's name away.
+    pub(crate) fn removal_claimed(&self) -> bool {
+        self.u32_at(AT_REMOVED) != 0
     }
 
     /// The exact size the creator asked for.
@@ -312,9 +342,40 @@ enum Inner {
     SysV(SysVAttachment),
 }
 
+/// Which file a POSIX segment is (its name can be given to another file later).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+impl FileId {
+    fn of(st: &posix::FileStat) -> Self {
+        Self {
+            dev: st.dev,
+            ino: st.ino,
+        }
+    }
+}
+
+/// What a handle remembers about a segment after detaching from it, to recognise it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SegmentIdentity {
+    /// A POSIX segment: its `/dev/shm` name and file; `ours` for qsharedmem segments (which
+    /// their last detach destroys), false for foreign ones (which nobody destroys but `remove`).
+    Posix {
+        file_name: String,
+        file: FileId,
+        ours: bool,
+    },
+    /// A System V segment (its last detach destroys it), by its id.
+    SysV { shmid: i32 },
+}
+
 #[derive(Debug)]
 struct Owned {
     file_name: String,
+    file: FileId,
     /// The whole file: data, padding, control page (read-only for `ReadOnly` attachments).
     data: Mapping,
     /// For `ReadOnly` attachments: a writable mapping holding the control page, and its offset.
@@ -332,10 +393,25 @@ struct RefcountFd {
     /// `process::fork_generation()` when the lock was taken: a different value means the
     /// descriptor was inherited through `fork()` and its lock belongs to the parent.
     generation: u64,
+    /// Between [`prepare_all_for_fork`] and the fork: a description with a lock of its own for
+    /// the child, which the parent closes right after the fork.
+    for_child: Option<OwnedFd>,
+}
+
+impl RefcountFd {
+    fn new(fd: OwnedFd) -> Self {
+        Self {
+            fd: Some(fd),
+            generation: process::fork_generation(),
+            for_child: None,
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Foreign {
+    file_name: String,
+    file: FileId,
     data: Mapping,
     _fd: OwnedFd,
 }
@@ -345,6 +421,7 @@ struct SysVAttachment {
     shmid: i32,
     mapping: Option<Mapping>,
     key_file: CString,
+    project_id: u8,
     lock: Arc<SysVSemaphore>,
 }
 
@@ -427,19 +504,55 @@ impl Attachment {
         if rc.generation == now {
             return;
         }
+        if let Some(fd) = rc.for_child.take() {
+            // Locked for us before the fork: we have counted since the very first moment.
+            *rc = RefcountFd::new(fd);
+            return;
+        }
         let Some(inherited) = rc.fd.as_ref() else {
             return;
         };
-        if let Ok(fd) = posix::reopen(inherited.as_fd(), false) {
-            if posix::lock_shared(fd.as_fd()).is_ok() {
-                // Dropping the inherited descriptor does not release the parent's lock: the
-                // parent still has the open file description.
-                *rc = RefcountFd {
-                    fd: Some(fd),
-                    generation: now,
-                };
+        let Ok(fd) = posix::reopen(inherited.as_fd(), false) else {
+            return;
+        };
+        let locked = match posix::try_lock_shared(fd.as_fd()) {
+            Ok(true) => true,
+            // Someone holds LOCK_EX: a detacher deciding whether it is the last one. If that
+            // was the parent, between our fork and now, it saw only the description we share
+            // with it, concluded it was the last, and may have removed the name; its LOCK_EX
+            // then stays on that description for as long as we keep our inherited reference
+            // to it. So let go of it first, then wait (briefly) for the lock.
+            Ok(false) => {
+                rc.fd = None;
+                posix::lock_shared(fd.as_fd()).is_ok()
             }
+            Err(_) => false,
+        };
+        if locked {
+            // Dropping the inherited descriptor does not release the parent's lock: the
+            // parent still has the open file description.
+            *rc = RefcountFd::new(fd);
         }
+    }
+
+    /// Before `fork()`: a locked description for the child (see [`prepare_all_for_fork`]).
+    fn prepare_for_fork(&self) {
+        let Inner::Owned(o) = &self.inner else { return };
+        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        if rc.generation != process::fork_generation() {
+            return;
+        }
+        let Some(fd) = rc.fd.as_ref() else { return };
+        rc.for_child = posix::reopen(fd.as_fd(), false)
+            .ok()
+            .filter(|child| posix::lock_shared(child.as_fd()).is_ok());
+    }
+
+    /// In the parent after `fork()`: the child's description is the child's alone now.
+    fn after_fork_in_parent(&self) {
+        let Inner::Owned(o) = &self.inner else { return };
+        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        rc.for_child = None;
     }
 
     /// The (device, inode) of a qsharedmem POSIX segment and its refcount descriptor, for the
@@ -463,6 +576,54 @@ impl Attachment {
             Inner::Owned(o) => Some(&o.file_name),
             _ => None,
         }
+    }
+
+    /// What identifies this segment once detached.
+    pub(crate) fn identity(&self) -> SegmentIdentity {
+        match &self.inner {
+            Inner::Owned(o) => SegmentIdentity::Posix {
+                file_name: o.file_name.clone(),
+                file: o.file,
+                ours: true,
+            },
+            Inner::Foreign(f) => SegmentIdentity::Posix {
+                file_name: f.file_name.clone(),
+                file: f.file,
+                ours: false,
+            },
+            Inner::SysV(s) => SegmentIdentity::SysV { shmid: s.shmid },
+        }
+    }
+
+    /// Whether the segment's name was removed ([`remove_posix_name`], or `IPC_RMID` for System
+    /// V). Always false for foreign POSIX segments, which keep no record of it.
+    pub(crate) fn name_removed(&self) -> bool {
+        match &self.inner {
+            Inner::Owned(_) => self
+                .control_for_reading()
+                .is_some_and(|c| c.removal_claimed()),
+            Inner::Foreign(_) => false,
+            Inner::SysV(s) => {
+                sysv::shm_stat(s.shmid).map_or(true, |st| st.mode & sysv::SHM_DEST != 0)
+            }
+        }
+    }
+
+    /// Removes this System V segment's key now (`IPC_RMID`): nobody can attach to it any more,
+    /// and it is destroyed when its last attachment goes; that last detacher also removes the
+    /// key file and the lock (unless a new segment took the key). The caller holds the lock.
+    /// `Ok(false)` if it was removed already.
+    pub(crate) fn remove_sysv(&self) -> Result<bool, Error> {
+        let Inner::SysV(s) = &self.inner else {
+            return Ok(false);
+        };
+        match sysv::shm_stat(s.shmid) {
+            Ok(st) if st.mode & sysv::SHM_DEST == 0 => {}
+            Ok(_) | Err(_) => return Ok(false),
+        }
+        sysv::shm_remove(s.shmid)
+            .map(|()| true)
+            .map_err(|e| removal_error("QSharedMemory::remove (shmctl)", e.0))
     }
 
     /// The System V segment id.
@@ -512,16 +673,11 @@ impl SysVAttachment {
     fn detach(&mut self) {
         // shmdt needs no lock; only the "was that the last one?" decision does.
         drop(self.mapping.take());
-        let (shmid, key_file) = (self.shmid, self.key_file.clone());
+        let (shmid, key_file, project_id) = (self.shmid, self.key_file.clone(), self.project_id);
         run_under_sysv_lock(
             &self.lock,
             Box::new(move |lock| {
-                let removed = remove_if_unused(shmid, &key_file, lock);
-                if !removed && lock.owns_semaphore() && sysv::shm_stat(shmid).is_err() {
-                    // Someone else removed the segment, and taking the lock re-created a
-                    // semaphore for nothing: take it away again.
-                    lock.remove();
-                }
+                remove_if_unused(shmid, &key_file, project_id, lock);
             }),
         );
     }
@@ -531,9 +687,9 @@ impl SysVAttachment {
 pub(crate) type UnderLock = Box<dyn FnOnce(&SysVSemaphore) + Send>;
 
 /// Runs `action` under `lock`: at once if this thread holds the lock or it becomes free within
-/// [`CLEANUP_WAIT`]; otherwise on the reaper thread, which waits for as long as the lock
-/// exists. Never re-creates a removed lock (its segment went with it), so a destructor that
-/// calls this neither blocks long nor leaves anything behind.
+/// [`CLEANUP_WAIT`]; otherwise on the reaper thread, which waits for it. A destructor that calls
+/// this never blocks long. Taking the lock re-creates it if it was removed (its creator may have
+/// gone while the segment lives on); `action` removes it again if the segment turns out gone.
 pub(crate) fn run_under_sysv_lock(lock: &Arc<SysVSemaphore>, action: UnderLock) {
     if lock::sysv_held_by_current_thread(lock) {
         action(lock);
@@ -553,7 +709,7 @@ pub(crate) fn run_under_sysv_lock(lock: &Arc<SysVSemaphore>, action: UnderLock) 
 /// Removes the System V segment `shmid` if nobody is attached to it any more, together with
 /// its key file and the lock semaphore (and that one's key file). The caller holds the lock.
 /// Returns whether the lock semaphore was removed.
-fn remove_if_unused(shmid: i32, key_file: &CString, lock: &SysVSemaphore) -> bool {
+fn remove_if_unused(shmid: i32, key_file: &CString, project_id: u8, lock: &SysVSemaphore) -> bool {
     match sysv::shm_stat(shmid) {
         Ok(st) if st.attached == 0 => {
             let _ = sysv::shm_remove(shmid);
@@ -561,8 +717,22 @@ fn remove_if_unused(shmid: i32, key_file: &CString, lock: &SysVSemaphore) -> boo
             lock.remove();
             true
         }
+        // Already destroyed: its key was removed (`remove()`, or `ipcrm`) while we were
+        // attached, and our detach was the last one. The key file and the lock were left for
+        // us; they go too unless a new segment has taken the key meanwhile (it would share
+        // them). Nobody is creating one right now: creators hold the lock, and so do we.
+        Err(Errno(libc::EINVAL | libc::EIDRM)) if !sysv_key_in_use(key_file, project_id) => {
+            let _ = sysv::remove_key_file(key_file);
+            lock.remove();
+            true
+        }
         _ => false,
     }
+}
+
+/// Whether a System V segment exists for the key file `key_file` right now.
+fn sysv_key_in_use(key_file: &CString, project_id: u8) -> bool {
+    sysv::ftok(key_file, project_id).is_ok_and(|key| sysv::shm_get(key, 0, 0).is_ok())
 }
 
 /// Hands work that needs a busy System V lock to a background thread, which waits for it.
@@ -577,7 +747,7 @@ fn reap_later(lock: Arc<SysVSemaphore>, action: UnderLock) {
             .name("qsharedmem-reaper".into())
             .spawn(move || {
                 for (lock, action) in rx {
-                    while lock.is_open() {
+                    loop {
                         match lock::acquire_for_cleanup(&lock, Duration::from_secs(60)) {
                             Ok(Some(recovered)) => {
                                 action(&lock);
@@ -629,6 +799,27 @@ fn tracked() -> Vec<Arc<Attachment>> {
             .filter_map(std::sync::Weak::upgrade)
             .collect(),
         Err(std::sync::TryLockError::WouldBlock) => Vec::new(),
+    }
+}
+
+/// Before `fork()` (Python's `os.register_at_fork(before=...)`): gives every qsharedmem POSIX
+/// attachment a second locked description, which the child inherits and keeps while the parent
+/// closes its copy ([`after_fork_in_parent_all`]). The child's attachments then count from the
+/// moment of the fork, so a parent that detaches right after forking cannot take itself for
+/// the last holder and destroy a segment the child inherited. Without this preparation (a
+/// fork that runs no hooks), the child takes its own lock when it re-homes, which leaves that
+/// short window open.
+pub fn prepare_all_for_fork() {
+    for attachment in tracked() {
+        attachment.prepare_for_fork();
+    }
+}
+
+/// In the parent after `fork()`: closes the descriptions [`prepare_all_for_fork`] made for the
+/// child.
+pub fn after_fork_in_parent_all() {
+    for attachment in tracked() {
+        attachment.after_fork_in_parent();
     }
 }
 
@@ -736,8 +927,7 @@ pub(crate) fn create_posix(
     control
         .initialise(size, native_key, legacy_key)
         .map_err(|e| Error::from_errno("QSharedMemory::create (pthread_mutex_init)", e.0))?;
-    posix::lock_shared(fd.as_fd())
-        .map_err(|e| Error::from_errno("QSharedMemory::create (flock)", e.0))?;
+    let lock_fd = refcount_descriptor(fd.as_fd())?;
 
     let mut published = false;
     for _ in 0..8 {
@@ -764,20 +954,20 @@ pub(crate) fn create_posix(
         ));
     }
 
-    let generation = process::fork_generation();
+    let file = posix::fstat(fd.as_fd())
+        .map(|st| FileId::of(&st))
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
     if mode.is_writable() {
         return Ok(Attachment {
             size,
             writable: true,
             inner: Inner::Owned(Owned {
                 file_name: file_name.to_owned(),
+                file,
                 data: whole,
                 control: None,
                 control_base: data_len,
-                refcount: Mutex::new(RefcountFd {
-                    fd: Some(fd),
-                    generation,
-                }),
+                refcount: Mutex::new(RefcountFd::new(lock_fd)),
             }),
         });
     }
@@ -785,8 +975,6 @@ pub(crate) fn create_posix(
     // the writable mapping is kept only for the control page (the lock lives there).
     let ro_fd = posix::reopen(fd.as_fd(), false)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.0))?;
-    posix::lock_shared(ro_fd.as_fd())
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (flock)", e.0))?;
     drop(fd);
     let data = Mapping::map_file(ro_fd.as_fd(), 0, total, false)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
@@ -795,15 +983,29 @@ pub(crate) fn create_posix(
         writable: false,
         inner: Inner::Owned(Owned {
             file_name: file_name.to_owned(),
+            file,
             data,
             control: Some((whole, data_len)),
             control_base: data_len,
-            refcount: Mutex::new(RefcountFd {
-                fd: Some(ro_fd),
-                generation,
-            }),
+            refcount: Mutex::new(RefcountFd::new(lock_fd)),
         }),
     })
+}
+
+/// A new open file description of the file `fd` is open on, holding a shared `flock`: the
+/// attachment's vote in the refcount.
+///
+/// It is never mapped. A mapping keeps the description it was made from alive after the
+/// descriptor is closed, and in a child after `fork()`; a lock on such a description would
+/// outlive the attachment (a read-only creator's, a second attachment's at exit, the parent's
+/// inherited by a forked child) and make the real last detacher's `LOCK_EX` fail, leaving the
+/// segment behind.
+fn refcount_descriptor(fd: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+    let lock_fd = posix::reopen(fd, false)
+        .map_err(|e| Error::from_errno("QSharedMemory::create (open)", e.0))?;
+    posix::lock_shared(lock_fd.as_fd())
+        .map_err(|e| Error::from_errno("QSharedMemory::create (flock)", e.0))?;
+    Ok(lock_fd)
 }
 
 /// The name is taken. If it is a qsharedmem segment that nobody holds (all its users crashed),
@@ -896,7 +1098,10 @@ pub(crate) fn attach_posix(
     let len = usize::try_from(st.size)
         .map_err(|_| Error::from_errno("QSharedMemory::attach (mmap)", libc::ENOMEM))?;
     let classified = classify(fd.as_fd(), st.size)?;
-    let data = Mapping::map_file(fd.as_fd(), 0, len, writable)
+    // `fd` holds the refcount lock; the memory is mapped through a description of its own (see
+    // `refcount_descriptor`).
+    let data = posix::reopen(fd.as_fd(), writable)
+        .and_then(|map_fd| Mapping::map_file(map_fd.as_fd(), 0, len, writable))
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
     match classified {
         Classified::Ours { logical_size } => {
@@ -913,19 +1118,16 @@ pub(crate) fn attach_posix(
                         .map(|m| (m, 0))
                 })
             };
-            let generation = process::fork_generation();
             Ok(PosixAttach::Ours(Attachment {
                 size: logical_size,
                 writable,
                 inner: Inner::Owned(Owned {
                     file_name: file_name.to_owned(),
+                    file: FileId::of(&st),
                     data,
                     control,
                     control_base,
-                    refcount: Mutex::new(RefcountFd {
-                        fd: Some(fd),
-                        generation,
-                    }),
+                    refcount: Mutex::new(RefcountFd::new(fd)),
                 }),
             }))
         }
@@ -935,8 +1137,101 @@ pub(crate) fn attach_posix(
             Ok(PosixAttach::Foreign(Attachment {
                 size: len,
                 writable,
-                inner: Inner::Foreign(Foreign { data, _fd: fd }),
+                inner: Inner::Foreign(Foreign {
+                    file_name: file_name.to_owned(),
+                    file: FileId::of(&st),
+                    data,
+                    _fd: fd,
+                }),
             }))
+        }
+    }
+}
+
+/// What [`remove_posix_name`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Removal {
+    /// The name referred to the segment and is gone now.
+    Removed,
+    /// No such name, or it refers to another file than the one asked for.
+    Missing,
+    /// The segment is a qsharedmem segment whose name someone else removed (or is removing)
+    /// already.
+    AlreadyRemoved,
+}
+
+/// The error of a failed removal: Qt's text pattern with our function name; `EPERM` (not the
+/// owner of the object, or of a sticky directory entry) is `PermissionDenied` as `EACCES` is.
+fn removal_error(function: &str, errno: i32) -> Error {
+    if errno == libc::EPERM {
+        return Error::with_errno(
+            ErrorKind::PermissionDenied,
+            format!("{function}: permission denied"),
+            errno,
+        );
+    }
+    Error::from_errno(function, errno)
+}
+
+/// Removes the name `file_name` from `/dev/shm` now, if it refers to `expected` (any file when
+/// `None`). Processes attached to the segment keep it; a qsharedmem segment is then destroyed
+/// by its last detach as always, a foreign one when its last mapping goes.
+///
+/// For qsharedmem segments the removal is claimed in the control page first, so that of two
+/// concurrent removers exactly one unlinks (the other sees [`Removal::AlreadyRemoved`]); while
+/// this runs it holds a shared `flock` like an attachment, so no last detacher or orphan
+/// reclaimer can unlink the name under it either.
+pub(crate) fn remove_posix_name(
+    file_name: &str,
+    expected: Option<FileId>,
+) -> Result<Removal, Error> {
+    // Write access is needed only for the claim; without it, remove all the same (unlinking is
+    // a matter of the directory's permissions).
+    let opened = match open_posix(file_name, AccessMode::ReadWrite) {
+        Err(e) if e.errno() == Some(libc::EACCES) => {
+            open_posix(file_name, AccessMode::ReadOnly).map(|(fd, st)| (fd, st, false))
+        }
+        other => other.map(|(fd, st)| (fd, st, true)),
+    };
+    let (fd, st, writable) = match opened {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Removal::Missing),
+        Err(e) => return Err(e),
+    };
+    if expected.is_some_and(|id| id != FileId::of(&st)) {
+        // The name belongs to another segment now; never touch that one.
+        return Ok(Removal::Missing);
+    }
+    let page = page_size();
+    let ours = matches!(classify(fd.as_fd(), st.size), Ok(Classified::Ours { .. }));
+    // The control page is the file's last page; map just that one for the claim.
+    let control_map = if ours && writable {
+        Mapping::map_file(fd.as_fd(), st.size - page as u64, page, true).ok()
+    } else {
+        None
+    };
+    let control = control_map.as_ref().map(|map| ControlPage { map, base: 0 });
+    if ours {
+        let claimed = match &control {
+            Some(control) => control.claim_removal(),
+            // Read-only access: look at the flag, without claiming.
+            None => Mapping::map_file(fd.as_fd(), st.size - page as u64, page, false)
+                .map_or(true, |map| {
+                    !ControlPage { map: &map, base: 0 }.removal_claimed()
+                }),
+        };
+        if !claimed {
+            return Ok(Removal::AlreadyRemoved);
+        }
+    }
+    match posix::unlink_if_same(file_name, fd.as_fd()) {
+        Ok(true) => Ok(Removal::Removed),
+        Ok(false) => Ok(Removal::Missing),
+        Err(e) => {
+            if let Some(control) = &control {
+                control.release_removal_claim();
+            }
+            Err(removal_error("QSharedMemory::remove (shm_unlink)", e.0))
         }
     }
 }
@@ -1013,7 +1308,7 @@ pub(crate) fn create_sysv(
             return Err(Error::from_errno("QSharedMemory::create", e.0));
         }
     };
-    match attach_sysv_id(id, key_file.clone(), mode, lock) {
+    match attach_sysv_id(id, key_file.clone(), project_id, mode, lock) {
         Ok(att) => Ok(att),
         Err(e) => {
             let _ = sysv::shm_remove(id);
@@ -1046,12 +1341,13 @@ pub(crate) fn attach_sysv(
     let perms = if mode.is_writable() { 0o600 } else { 0o400 };
     let id = sysv::shm_get(key, 0, perms)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.0))?;
-    attach_sysv_id(id, key_file, mode, lock)
+    attach_sysv_id(id, key_file, project_id, mode, lock)
 }
 
 fn attach_sysv_id(
     id: i32,
     key_file: CString,
+    project_id: u8,
     mode: AccessMode,
     lock: &Arc<SysVSemaphore>,
 ) -> Result<Attachment, Error> {
@@ -1066,6 +1362,7 @@ fn attach_sysv_id(
             shmid: id,
             mapping: Some(mapping),
             key_file,
+            project_id,
             lock: lock.clone(),
         }),
     })
@@ -1075,8 +1372,7 @@ fn attach_sysv_id(
 pub(crate) fn sysv_segment_exists(native_key: &str, project_id: u8) -> bool {
     sysv::key_path(native_key)
         .ok()
-        .and_then(|path| sysv::ftok(&path, project_id).ok())
-        .is_some_and(|key| sysv::shm_get(key, 0, 0).is_ok())
+        .is_some_and(|path| sysv_key_in_use(&path, project_id))
 }
 
 /// Waits for a foreign POSIX segment's creator to finish sizing it (Qt creates the object,

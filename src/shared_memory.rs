@@ -7,7 +7,9 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind};
 use crate::key::{IpcObject, KeyType, NativeIpcKey};
 use crate::lock::{Acquired, LockFailure, LockGuard, LockPrimitive};
-use crate::segment::{self, AccessMode, Attachment, PosixAttach, SegmentKind};
+use crate::segment::{
+    self, AccessMode, Attachment, PosixAttach, Removal, SegmentIdentity, SegmentKind,
+};
 use crate::semaphore::{PosixSemaphore, SemMode, SysVSemaphore, LOCK_SET_SIZE};
 use crate::sys::process;
 
@@ -31,6 +33,15 @@ fn backend(key_type: KeyType) -> Option<Backend> {
     } else {
         None
     }
+}
+
+/// The segment a handle was attached to last, remembered by [`SharedMemory::remove`] after a
+/// detach.
+#[derive(Clone, Debug)]
+struct Previous {
+    identity: SegmentIdentity,
+    /// Whether its name had been removed when this handle let go (or this handle removed it).
+    name_removed: bool,
 }
 
 /// Holding the lock: how it was acquired.
@@ -77,6 +88,7 @@ pub struct SharedMemory {
     owner_died: bool,
     last_error: Option<Error>,
     fork_generation: u64,
+    previous: Option<Previous>,
 }
 
 impl Default for SharedMemory {
@@ -108,6 +120,7 @@ impl SharedMemory {
             owner_died: false,
             last_error: None,
             fork_generation: process::fork_generation(),
+            previous: None,
         }
     }
 
@@ -196,6 +209,7 @@ impl SharedMemory {
             let _ = self.detach();
         }
         self.key = key;
+        self.previous = None;
         Ok(())
     }
 
@@ -812,6 +826,10 @@ impl SharedMemory {
                 "QSharedMemory::detach: not attached",
             ));
         };
+        self.previous = self.attachment.as_ref().map(|att| Previous {
+            identity: att.identity(),
+            name_removed: att.name_removed(),
+        });
         match kind {
             SegmentKind::SystemV => {
                 let was_held = self.held.take();
@@ -844,6 +862,150 @@ impl SharedMemory {
             }
         }
         Ok(())
+    }
+}
+
+impl SharedMemory {
+    /// Removes the segment's key now (`shm_unlink` for POSIX, `IPC_RMID` for System V): from
+    /// then on nobody can attach to it by key, and `create()` with the key makes a new segment.
+    /// Attachments, this handle's included, keep working; the memory is freed when the last of
+    /// them detaches, as always. Not in Qt; this is `multiprocessing.shared_memory`'s
+    /// `unlink()`.
+    ///
+    /// * Attached: removes the key of the attached segment, if it still has it.
+    /// * Detached: removes the key of the segment this handle was attached to last, if it
+    ///   still has it. If that segment is gone already because the last detach destroyed it
+    ///   (qsharedmem and System V segments), there is nothing left to remove: `Ok`. A key that
+    ///   meanwhile belongs to a new segment is never removed.
+    /// * Never attached (since its key was set): removes whatever segment has the key now.
+    ///
+    /// A qsharedmem POSIX segment records the removal in its control page, so that of several
+    /// concurrent removers exactly one succeeds. For System V the key file and the lock
+    /// semaphore stay until the last detach, which removes them (a new segment created with the
+    /// same key meanwhile shares them). A foreign POSIX segment (Qt, multiprocessing) is simply
+    /// unlinked, as `shm_unlink` would; Qt's semaphore for it is left alone.
+    ///
+    /// # Errors
+    /// `NotFound` if the key has no segment (or it was removed already), `PermissionDenied` if
+    /// the segment belongs to another user, `KeyError` for a bad key, `LockError` if the System
+    /// V lock could not be taken.
+    pub fn remove(&mut self) -> crate::Result<()> {
+        self.remove_with(&mut uninterrupted)
+    }
+
+    /// [`remove`](Self::remove) with an interrupt check for the wait on the lock (System V).
+    ///
+    /// # Errors
+    /// As [`remove`](Self::remove).
+    pub fn remove_with(&mut self, interrupt: &mut dyn FnMut() -> bool) -> crate::Result<()> {
+        self.refresh_after_fork();
+        let not_found = || Error::from_errno("QSharedMemory::remove", libc::ENOENT);
+        if let Some(att) = self.attachment.clone() {
+            let removed = match att.identity() {
+                SegmentIdentity::Posix {
+                    file_name, file, ..
+                } => segment::remove_posix_name(&file_name, Some(file))
+                    .map(|found| found == Removal::Removed),
+                SegmentIdentity::SysV { .. } => {
+                    let taken = self.lock_internally("QSharedMemory::remove", interrupt)?;
+                    let result = att.remove_sysv();
+                    Self::unlock_internally(taken);
+                    result
+                }
+            };
+            return match removed {
+                Ok(true) => {
+                    self.last_error = None;
+                    Ok(())
+                }
+                Ok(false) => Err(self.record(not_found())),
+                Err(e) => Err(self.record(e)),
+            };
+        }
+        let previous = self.previous.clone();
+        let found = match &previous {
+            Some(Previous {
+                identity:
+                    SegmentIdentity::Posix {
+                        file_name, file, ..
+                    },
+                ..
+            }) => segment::remove_posix_name(file_name, Some(*file)),
+            Some(Previous {
+                identity: SegmentIdentity::SysV { shmid },
+                ..
+            }) => self.remove_sysv_by_key(Some(*shmid), interrupt),
+            None => match self.init_key(false)? {
+                Backend::Posix => segment::posix_file_name(self.key.native_key())
+                    .and_then(|file_name| segment::remove_posix_name(&file_name, None)),
+                Backend::SysV { .. } => self.remove_sysv_by_key(None, interrupt),
+            },
+        };
+        let removed = match found {
+            Ok(Removal::Removed) => true,
+            // The segment went with its last detach (ours or another process's), and its name
+            // with it: that is what the caller asked for. Not so for a foreign segment (nobody
+            // but a remover takes its name away) or one whose name was removed already.
+            Ok(Removal::Missing) => previous.as_ref().is_some_and(|p| {
+                !p.name_removed
+                    && matches!(
+                        p.identity,
+                        SegmentIdentity::SysV { .. } | SegmentIdentity::Posix { ours: true, .. }
+                    )
+            }),
+            Ok(Removal::AlreadyRemoved) => false,
+            Err(e) => return Err(self.record(e)),
+        };
+        if !removed {
+            return Err(self.record(not_found()));
+        }
+        if let Some(previous) = &mut self.previous {
+            previous.name_removed = true;
+        }
+        self.last_error = None;
+        Ok(())
+    }
+
+    /// Removes the System V segment of the current key (only if it is the segment `expected`,
+    /// when given): attaches (read-only), removes, and detaches again, so that the
+    /// last-detacher rules clean up the key file and the lock.
+    fn remove_sysv_by_key(
+        &mut self,
+        expected: Option<i32>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> crate::Result<Removal> {
+        let previous = self.previous.take();
+        let found = match self.attach_with(AccessMode::ReadOnly, interrupt) {
+            Ok(()) => {
+                let found = match self.attachment.clone() {
+                    // The key belongs to another segment now: leave that one alone.
+                    Some(att) if expected.is_some_and(|id| att.sysv_id() != Some(id)) => {
+                        Ok(Removal::Missing)
+                    }
+                    Some(att) => self
+                        .lock_internally("QSharedMemory::remove", interrupt)
+                        .and_then(|taken| {
+                            let result = att.remove_sysv();
+                            Self::unlock_internally(taken);
+                            result
+                        })
+                        .map(|done| {
+                            if done {
+                                Removal::Removed
+                            } else {
+                                Removal::AlreadyRemoved
+                            }
+                        }),
+                    None => Ok(Removal::Missing),
+                };
+                let _ = self.detach_with(interrupt);
+                found
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Removal::Missing),
+            Err(e) => Err(e),
+        };
+        self.previous = previous;
+        found
     }
 }
 

@@ -385,6 +385,26 @@ impl PySharedMemory {
         self.waiting(py, |s, interrupt| s.detach_with(interrupt).is_ok())
     }
 
+    /// `remove() -> bool` (not in Qt): removes the segment's key now, as
+    /// `multiprocessing.shared_memory.SharedMemory.unlink()` does; attachments keep working and
+    /// the memory is freed by the last detach. False + `error()` if there was nothing to
+    /// remove (`NotFound`) or it failed.
+    fn remove(&self, py: Python<'_>) -> PyResult<bool> {
+        self.waiting(py, |s, interrupt| s.remove_with(interrupt).is_ok())
+    }
+
+    /// The exception for the last recorded error (`None` for `NoError`): the
+    /// `qsharedmem.SharedMemoryError` subclass with `errno`, Qt's text and `qt_error`.
+    fn _exception<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        let error = self.with_state(py, |s| s.error().cloned())?;
+        Some(
+            to_py_err(py, &error)
+                .into_value(py)
+                .into_bound(py)
+                .into_any(),
+        )
+    }
+
     /// `isAttached() -> bool`
     #[pyo3(name = "isAttached")]
     fn is_attached(&self, py: Python<'_>) -> bool {
@@ -676,6 +696,20 @@ pub(crate) fn _rebuild_qsharedmemory<'py>(
     Ok(shm)
 }
 
+/// `os.register_at_fork(before=...)` hook: every qsharedmem POSIX attachment prepares a lock
+/// for the child, so that the child counts as attached from the moment of the fork.
+#[pyfunction]
+fn _before_fork() {
+    crate::segment::prepare_all_for_fork();
+}
+
+/// `os.register_at_fork(after_in_parent=...)` hook: closes the parent's copies of what
+/// `_before_fork` prepared.
+#[pyfunction]
+fn _after_fork_in_parent() {
+    crate::segment::after_fork_in_parent_all();
+}
+
 /// `os.register_at_fork(after_in_child=...)` hook: every inherited qsharedmem POSIX attachment
 /// gets a lock of the child's own, so neither process's detach destroys a segment the other
 /// still uses.
@@ -692,6 +726,8 @@ fn _release_at_exit() {
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(_release_at_exit, m)?)?;
     m.add_class::<PySharedMemory>()?;

@@ -267,6 +267,19 @@ pub fn lock_shared(fd: BorrowedFd<'_>) -> SysResult<()> {
     .map(drop)
 }
 
+/// `flock(fd, LOCK_SH|LOCK_NB)`: true if taken, false if someone holds `LOCK_EX`.
+pub fn try_lock_shared(fd: BorrowedFd<'_>) -> SysResult<bool> {
+    let result = retry(|| {
+        // SAFETY: valid descriptor, plain integer argument.
+        cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) })
+    });
+    match result {
+        Ok(_) => Ok(true),
+        Err(Errno(libc::EWOULDBLOCK)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// `flock(fd, LOCK_EX|LOCK_NB)`: true if this open file description is now the only holder
 /// of any lock on the file, false if another holds a lock.
 pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<bool> {

@@ -111,6 +111,10 @@ pub struct ShmStat {
     pub key: IpcKey,
 }
 
+/// The `shm_perm.mode` bit the kernel sets once `IPC_RMID` marked a segment for destruction on
+/// its last detach (`SHM_DEST` in `<linux/shm.h>`; the libc crate does not export it).
+pub const SHM_DEST: u32 = 0o1000;
+
 /// `shmctl(id, IPC_STAT)`.
 pub fn shm_stat(id: i32) -> SysResult<ShmStat> {
     let mut ds = std::mem::MaybeUninit::<libc::shmid_ds>::uninit();
