@@ -599,9 +599,7 @@ impl Attachment {
     /// V). Always false for foreign POSIX segments, which keep no record of it.
     pub(crate) fn name_removed(&self) -> bool {
         match &self.inner {
-            Inner::Owned(_) => self
-                .control_for_reading()
-                .is_some_and(|c| c.removal_claimed()),
+            Inner::Owned(o) => o.removal_claimed(),
             Inner::Foreign(_) => false,
             Inner::SysV(s) => {
                 sysv::shm_stat(s.shmid).map_or(true, |st| st.mode & sysv::SHM_DEST != 0)
@@ -646,6 +644,25 @@ impl Drop for Attachment {
 }
 
 impl Owned {
+    /// The control page's removal flag. Read with `pread` on the refcount descriptor where
+    /// there is one: read through the mapping, it cost every detach a page fault (and a TLB
+    /// flush when the mapping goes), most of a detach of a small segment.
+    fn removal_claimed(&self) -> bool {
+        let rc = self.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(fd) = rc.fd.as_ref() {
+            let mut flag = [0u8; 4];
+            let at = (self.control_base + AT_REMOVED) as u64;
+            if posix::read_at(fd.as_fd(), at, &mut flag) == Ok(flag.len()) {
+                return u32::from_ne_bytes(flag) != 0;
+            }
+        }
+        ControlPage {
+            map: &self.data,
+            base: self.control_base,
+        }
+        .removal_claimed()
+    }
+
     fn detach(&mut self) {
         // Fields drop after this function: the mappings go first because `detach` runs inside
         // `Drop for Attachment`; the decision only needs the descriptor.
