@@ -20,6 +20,7 @@ pub mod segment;
 mod semaphore;
 mod shared_memory;
 mod sys;
+pub mod system_semaphore;
 
 #[cfg(feature = "python")]
 mod python;
@@ -29,3 +30,4 @@ pub use key::{IpcObject, KeyType, NativeIpcKey};
 pub use lock::LockGuard;
 pub use segment::AccessMode;
 pub use shared_memory::SharedMemory;
+pub use system_semaphore::SystemSemaphore;
