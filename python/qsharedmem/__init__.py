@@ -36,7 +36,7 @@ from ._errors import (
     PermissionDeniedError,
     SharedMemoryError,
 )
-from ._qsharedmem import QNativeIpcKey, QSharedMemory, __version__
+from ._qsharedmem import QNativeIpcKey, QSharedMemory, QSystemSemaphore, __version__
 
 __all__ = [
     "AlreadyExistsError",
@@ -49,6 +49,7 @@ __all__ = [
     "PermissionDeniedError",
     "QNativeIpcKey",
     "QSharedMemory",
+    "QSystemSemaphore",
     "SharedMemoryError",
     "__version__",
 ]
