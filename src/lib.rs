@@ -9,6 +9,19 @@
 //! (also when processes crash), the lock of a crashed holder is recovered and reported, waits can
 //! time out, and a `ReadOnly` attachment can never be written.
 //!
+//! ```
+//! use qsharedmem::{AccessMode, KeyType, SharedMemory};
+//!
+//! # let name = format!("crate-doc-{}", std::process::id());
+//! let key = SharedMemory::platform_safe_key(&name, KeyType::POSIX_REALTIME);
+//! let mut shm = SharedMemory::with_key(key);
+//! shm.create(4096, AccessMode::ReadWrite)?;
+//! let mut guard = shm.lock()?; // RAII; owner_died() if the previous holder crashed
+//! guard.as_mut_slice().unwrap()[..5].copy_from_slice(b"hello");
+//! assert!(!guard.owner_died());
+//! # Ok::<(), qsharedmem::Error>(())
+//! ```
+//!
 //! Layers, pointing down: [`SharedMemory`] (the Qt-shaped handle) → [`segment`] and [`lock`]
 //! (the OS objects and their lifecycle) → `sys` (the only code that calls libc).
 #![cfg_attr(docsrs, feature(doc_cfg))]

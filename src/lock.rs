@@ -458,13 +458,32 @@ fn release_sysv(sem: &SysVSemaphore, recovered: bool) -> Result<(), Errno> {
 /// } // unlocked here
 /// # Ok::<(), qsharedmem::Error>(())
 /// ```
+///
+/// A guard is not `Send`: the lock belongs to the thread that took it (the robust mutex can
+/// only be released by its owner thread), so the guard must be dropped on that thread.
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// let mut shm = qsharedmem::SharedMemory::new();
+/// send(shm.lock().unwrap());
+/// ```
 #[derive(Debug)]
 pub struct LockGuard<'a> {
     pub(crate) shm: &'a mut crate::SharedMemory,
     pub(crate) owner_died: bool,
+    /// Makes the guard `!Send` (and `!Sync`).
+    pub(crate) _not_send: std::marker::PhantomData<*const ()>,
 }
 
-impl LockGuard<'_> {
+impl<'a> LockGuard<'a> {
+    pub(crate) fn new(shm: &'a mut crate::SharedMemory, owner_died: bool) -> Self {
+        Self {
+            shm,
+            owner_died,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
     /// True if the previous holder died while holding the lock: the data it protected may be
     /// half-written, and the caller decides whether it can be used.
     #[must_use]
@@ -514,6 +533,7 @@ pub(crate) fn guarded_slice(att: &Attachment) -> &[u8] {
 
 /// The attachment's bytes for writing, for a [`LockGuard`] borrowed mutably.
 #[allow(unsafe_code)] // see `guarded_slice`
+#[allow(clippy::mut_from_ref)] // exclusivity comes from the cross-process lock, see SAFETY
 pub(crate) fn guarded_slice_mut(att: &Attachment) -> &mut [u8] {
     // SAFETY: as in `guarded_slice`, plus: the caller borrows the guard (and through it the
     // handle) mutably for the slice's lifetime, so no other slice from this handle exists; other

@@ -490,10 +490,7 @@ impl SharedMemory {
     /// `LockError` (see [`lock_with`](Self::lock_with)).
     pub fn lock(&mut self) -> crate::Result<LockGuard<'_>> {
         let owner_died = self.lock_with(None, &mut uninterrupted)?;
-        Ok(LockGuard {
-            shm: self,
-            owner_died,
-        })
+        Ok(LockGuard::new(self, owner_died))
     }
 
     /// Locks, waiting at most `timeout`.
@@ -502,10 +499,7 @@ impl SharedMemory {
     /// `LockError`, also when the timeout passes.
     pub fn lock_timeout(&mut self, timeout: Duration) -> crate::Result<LockGuard<'_>> {
         let owner_died = self.lock_with(Some(timeout), &mut uninterrupted)?;
-        Ok(LockGuard {
-            shm: self,
-            owner_died,
-        })
+        Ok(LockGuard::new(self, owner_died))
     }
 
     /// Locks if nobody else holds the lock right now; `Ok(None)` otherwise.
@@ -514,10 +508,7 @@ impl SharedMemory {
     /// `LockError` if there is no lock to take or the OS refused.
     pub fn try_lock(&mut self) -> crate::Result<Option<LockGuard<'_>>> {
         match self.try_lock_raw()? {
-            Some(owner_died) => Ok(Some(LockGuard {
-                shm: self,
-                owner_died,
-            })),
+            Some(owner_died) => Ok(Some(LockGuard::new(self, owner_died))),
             None => Ok(None),
         }
     }

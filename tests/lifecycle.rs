@@ -219,3 +219,12 @@ fn lock_timeout_on_a_held_lock() {
         assert!(!leftovers(&key), "{key_type:?}");
     }
 }
+
+#[test]
+fn handles_and_keys_are_send_and_sync_guards_stay_on_their_thread() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<SharedMemory>();
+    send_sync::<NativeIpcKey>();
+    send_sync::<qsharedmem::Error>();
+    // LockGuard is !Send: checked by the compile-fail doctest on `LockGuard`.
+}

@@ -247,10 +247,8 @@ mod tests {
         // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: valid fd, plain integer argument.
-        assert_eq!(
-            unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) },
-            0
-        );
+        let ret = unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) };
+        assert_eq!(ret, 0);
         fd
     }
 

@@ -120,7 +120,7 @@ pub fn shm_stat(id: i32) -> SysResult<ShmStat> {
     let ds = unsafe { ds.assume_init() };
     Ok(ShmStat {
         size: ds.shm_segsz,
-        attached: u64::from(ds.shm_nattch),
+        attached: ds.shm_nattch,
         creator_pid: ds.shm_cpid,
         last_pid: ds.shm_lpid,
         changed: ds.shm_ctime,
@@ -170,7 +170,7 @@ pub fn sem_count(id: i32) -> SysResult<u64> {
     // valid for writes of one.
     cvt(unsafe { libc::semctl(id, 0, libc::IPC_STAT, ds.as_mut_ptr()) })?;
     // SAFETY: IPC_STAT succeeded and filled the struct.
-    Ok(u64::from(unsafe { ds.assume_init() }.sem_nsems))
+    Ok(unsafe { ds.assume_init() }.sem_nsems)
 }
 
 /// `semctl(id, num, SETVAL, value)`.
