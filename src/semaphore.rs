@@ -295,6 +295,7 @@ impl SysVSemaphore {
     }
 
     /// The current value of semaphore 0 (`GETVAL`).
+    #[cfg(test)]
     pub(crate) fn value(&self) -> Result<i32, Errno> {
         let id = self
             .id()
@@ -444,6 +445,7 @@ impl PosixSemaphore {
     }
 
     /// The current value (`sem_getvalue`).
+    #[cfg(test)]
     pub(crate) fn value(&self) -> Result<i32, Errno> {
         self.sem.value()
     }

@@ -111,9 +111,7 @@ def error_for(qt_error: int, message: str, errno: int | None = None) -> SharedMe
     return cls(errno, message, qt_error)
 
 
-def semaphore_error_for(
-    qt_error: int, message: str, errno: int | None = None
-) -> SharedMemoryError:
+def semaphore_error_for(qt_error: int, message: str, errno: int | None = None) -> SharedMemoryError:
     """The exception for a ``QSystemSemaphore`` error code and text (used by the extension).
 
     The class is the one of the ``QSharedMemory`` error of the same name (``KeyError`` →
