@@ -1,4 +1,4 @@
-"""Port of Qt's own autotest tst_qsystemsemaphore.cpp (qtbase tests/auto/corelib/ipc/qsystemsemaphore).
+"""Port of Qt's autotest tst_qsystemsemaphore.cpp (qtbase tests/auto/corelib/ipc/qsystemsemaphore).
 
 Every test body is written against Qt's Python API and runs unchanged against both
 implementations (the ``impl`` fixture: ``qsharedmem`` and PySide6, the oracle) and for every key
@@ -221,9 +221,7 @@ def test_basicProcesses(tst: Tst, procs: ChildProcesses) -> None:
     del sem
 
 
-PROCESS_ROWS = [
-    pytest.param(n, id=f"{n} process ({i})") for i in range(5) for n in (1, 3, 10)
-]
+PROCESS_ROWS = [pytest.param(n, id=f"{n} process ({i})") for i in range(5) for n in (1, 3, 10)]
 
 
 @pytest.mark.parametrize("processes", PROCESS_ROWS)
@@ -231,7 +229,9 @@ def test_processes(tst: Tst, procs: ChildProcesses, processes: int) -> None:
     key = tst.platform_safe_key("store")
     sem = tst.S(key, 1, tst.S.Create)
 
-    consumers = [helper(procs, tst.impl, "acquirerelease", key.toString()) for _ in range(processes)]
+    consumers = [
+        helper(procs, tst.impl, "acquirerelease", key.toString()) for _ in range(processes)
+    ]
     for consumer in consumers:
         result = consumer.finish(HELPER_TIMEOUT)
         assert result.returncode == 0, result.stderr
