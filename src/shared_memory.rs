@@ -366,8 +366,9 @@ impl SharedMemory {
         Ok(found)
     }
 
-    /// Takes the lock for an internal operation (create/attach/detach) unless this handle
-    /// already holds it. Returns whether the operation must release it afterwards.
+    /// Takes the lock for an internal operation (create/attach/detach) unless this thread
+    /// already holds it (through this handle or another). Returns the lock to release
+    /// afterwards, if it was taken here.
     fn lock_internally(
         &mut self,
         function: &str,
@@ -379,6 +380,12 @@ impl SharedMemory {
         let Some(primitive) = self.lock.clone() else {
             return Ok(None);
         };
+        if primitive.held_by_current_thread() {
+            // This thread holds the lock through another handle: the operation is already
+            // exclusive (waiting would deadlock; Qt's does), as the last-detacher check of a
+            // System V attachment also assumes.
+            return Ok(None);
+        }
         match primitive.acquire(None, interrupt) {
             Ok(_) => Ok(Some(primitive)),
             Err(LockFailure::Interrupted) => Err(interrupted_error(function)),

@@ -60,10 +60,29 @@ pub(crate) fn key_type_to_py(py: Python<'_>, key_type: KeyType) -> PyResult<Boun
 
 /// A key type from a `QNativeIpcKey.Type` member or a plain integer 0..=0xffff.
 pub(crate) fn key_type_from_py(obj: &Bound<'_, PyAny>) -> PyResult<KeyType> {
-    let raw = int_value(obj, "QNativeIpcKey.Type")?;
+    let raw = enum_value(obj, &key_type_class(obj.py())?, "QNativeIpcKey.Type")?;
     u16::try_from(raw)
         .map(KeyType::from_raw)
         .map_err(|_| PyValueError::new_err(format!("{raw} is not a valid QNativeIpcKey.Type")))
+}
+
+/// The integer value of a member of `class` or of a plain `int`. A member of another enum is a
+/// `TypeError` (as in PySide6), not its integer value: `create(10, QNativeIpcKey.Type.SystemV)`
+/// is a mistake, not access mode 81.
+pub(crate) fn enum_value(
+    obj: &Bound<'_, PyAny>,
+    class: &Bound<'_, PyType>,
+    what: &str,
+) -> PyResult<i64> {
+    static ENUM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let enum_base = ENUM.import(obj.py(), "enum", "Enum")?;
+    if obj.is_instance(enum_base)? && !obj.is_instance(class)? {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "expected {what}, got {}",
+            obj.get_type().qualname()?
+        )));
+    }
+    int_value(obj, what)
 }
 
 /// The integer value of an enum member or `int` (not `bool`, not `float`).

@@ -12,8 +12,9 @@ use std::sync::{Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
 
 use super::buffer::SegmentBuffer;
 use super::enums::{self, int_value, key_type_from_py, member};
@@ -35,9 +36,13 @@ pub(crate) struct PySharedMemory {
     inner: Mutex<SharedMemory>,
 }
 
-/// Converts an `AccessMode` member or 0/1.
+/// Converts an `AccessMode` member or 0/1 (a member of another enum is a `TypeError`).
 pub(crate) fn access_mode(obj: &Bound<'_, PyAny>) -> PyResult<AccessMode> {
-    match int_value(obj, "QSharedMemory.AccessMode")? {
+    match enums::enum_value(
+        obj,
+        &enums::access_mode_class(obj.py())?,
+        "QSharedMemory.AccessMode",
+    )? {
         0 => Ok(AccessMode::ReadOnly),
         1 => Ok(AccessMode::ReadWrite),
         other => Err(PyValueError::new_err(format!(
@@ -166,6 +171,13 @@ impl PySharedMemory {
         })
     }
 
+    /// Replaces the handle's state (`__init__`, also when called again on a live handle: the
+    /// old state detaches like a destroyed handle, with the GIL released).
+    fn reset(&self, py: Python<'_>, shm: SharedMemory) {
+        let old = self.with_state(py, |s| std::mem::replace(s, shm));
+        py.detach(move || drop(old));
+    }
+
     fn lock_impl(&self, py: Python<'_>, wait: Option<Duration>) -> PyResult<bool> {
         // Fast path: one attempt with the GIL held (no syscall for an uncontended mutex).
         let first = self.with_state(py, |s| s.try_lock_raw().map(|got| got.is_some()));
@@ -185,9 +197,25 @@ impl PySharedMemory {
 
 #[pymethods]
 impl PySharedMemory {
+    /// Python subclasses (`class Mine(QSharedMemory)`) have constructors of their own and call
+    /// `super().__init__(key)`, as with PySide6: so `__new__` accepts any arguments and makes an
+    /// empty handle, and `__init__` sets the key.
     #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self {
+            inner: Mutex::new(SharedMemory::new()),
+        }
+    }
+
+    /// `QSharedMemory()`, `QSharedMemory(key: QNativeIpcKey)`, `QSharedMemory(key: str)`.
     #[pyo3(signature = (key = None, parent = None))]
-    fn new(key: Option<&Bound<'_, PyAny>>, parent: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn __init__(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        parent: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         // `parent` exists for drop-in compatibility with PySide6 (a QObject parent); there is no
         // object tree here, so it is accepted and not used.
         let _ = parent;
@@ -196,9 +224,8 @@ impl PySharedMemory {
             Some(KeyArg::Native(key)) => SharedMemory::with_key(key),
             Some(KeyArg::Text(text)) => SharedMemory::with_legacy_key(&text),
         };
-        Ok(Self {
-            inner: Mutex::new(shm),
-        })
+        self.reset(py, shm);
+        Ok(())
     }
 
     #[classattr]
@@ -428,6 +455,8 @@ impl PySharedMemory {
 
     /// Pickling rebuilds the handle from its key in the receiving process and attaches it
     /// again (with the same access mode) if it was attached. The memory itself is never copied.
+    /// A subclass keeps its type and its instance attributes (`__dict__`), and its own
+    /// `__init__` is not called, as for any pickled object.
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
         let (key, mode) = slf.get().with_state(py, |s| {
@@ -438,7 +467,11 @@ impl PySharedMemory {
             .import("qsharedmem._qsharedmem")?
             .getattr("_rebuild_qsharedmemory")?;
         let args = (slf.get_type(), PyNativeIpcKey::from_core(key), mode);
-        PyTuple::new(py, [rebuild, args.into_pyobject(py)?.into_any()])
+        let state = match slf.getattr(intern!(py, "__dict__")) {
+            Ok(dict) if dict.is_truthy()? => dict,
+            _ => py.None().into_bound(py),
+        };
+        PyTuple::new(py, [rebuild, args.into_pyobject(py)?.into_any(), state])
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -501,7 +534,8 @@ impl LockedContext {
     }
 }
 
-/// Unpickling helper: `cls(key)`, then `attach(mode)` if the pickled handle was attached.
+/// Unpickling helper: a `cls` handle with `key` (made without calling a subclass's
+/// `__init__`), then `attach(mode)` if the pickled handle was attached.
 #[pyfunction]
 #[pyo3(signature = (cls, key, mode))]
 pub(crate) fn _rebuild_qsharedmemory<'py>(
@@ -510,15 +544,18 @@ pub(crate) fn _rebuild_qsharedmemory<'py>(
     mode: Option<u8>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = cls.py();
-    let shm = cls.call1((key,))?;
+    let shm = cls.call_method1(intern!(py, "__new__"), (cls,))?;
+    let handle = shm.cast::<PySharedMemory>()?.get();
+    handle.__init__(py, Some(key), None)?;
     if let Some(mode) = mode {
-        let attached: bool = shm.call_method1("attach", (mode,))?.extract()?;
-        if !attached {
-            let handle = shm.cast::<PySharedMemory>()?;
-            let error = handle.get().with_state(py, |s| s.error().cloned());
-            if let Some(error) = error {
-                return Err(to_py_err(py, &error));
-            }
+        let mode = if mode == 0 {
+            AccessMode::ReadOnly
+        } else {
+            AccessMode::ReadWrite
+        };
+        let attached = handle.waiting(py, |s, interrupt| s.attach_with(mode, interrupt))?;
+        if let Err(error) = attached {
+            return Err(to_py_err(py, &error));
         }
     }
     Ok(shm)
