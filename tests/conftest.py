@@ -197,6 +197,34 @@ def key_type(request: pytest.FixtureRequest, impl: Impl) -> Any:
 
 
 # --------------------------------------------------------------------------------------------
+# Permission tests: root makes a 0600 object, a child interpreter that dropped to NOBODY (after
+# its imports: the interpreter lives under /root) tries to use it.
+
+NOBODY = 65534
+
+# label: (key type, legacy); new System V keys get an absolute path in /tmp
+PERMISSION_KEYS: dict[str, tuple[int, bool]] = {
+    "POSIX": (POSIX_TYPE, False),
+    "legacy POSIX": (POSIX_TYPE, True),
+    "legacy SystemV-Q": (SYSV_TYPE, True),
+    "legacy SystemV-T": (ord("T"), True),
+    "new SystemV-Q in /tmp": (SYSV_TYPE, False),
+    "new SystemV-T in /tmp": (ord("T"), False),
+}
+
+
+def permission_test_key(ipc_class: Any, impl: Impl, keys: KeyRegistry, label: str) -> Any:
+    """The key of a ``PERMISSION_KEYS`` row for ``ipc_class`` (QSharedMemory/QSystemSemaphore)."""
+    typ, legacy = PERMISSION_KEYS[label]
+    if legacy:
+        return ipc_class.legacyNativeKey(keys("perm"), impl.key_type(typ))
+    if typ == POSIX_TYPE:
+        return ipc_class.platformSafeKey(keys("perm"), impl.key_type(typ))
+    # an absolute path: /tmp is searchable by everybody (the runtime dir is 0700)
+    return keys.record(ipc_class.platformSafeKey(f"/tmp/{keys('perm')}", impl.key_type(typ)))
+
+
+# --------------------------------------------------------------------------------------------
 # Where Qt puts things (qt-semantics §2.4)
 
 

@@ -32,6 +32,8 @@ import pytest
 import sem_probe
 from conftest import (
     KEY_TYPES,
+    NOBODY,
+    PERMISSION_KEYS,
     POSIX_TYPE,
     TESTS_DIR,
     WINDOWS_TYPE,
@@ -39,10 +41,10 @@ from conftest import (
     Impl,
     KeyRegistry,
     load_impl,
+    permission_test_key,
     type_value,
 )
 
-NOBODY = 65534
 HANG_GUARD = 60.0  # seconds; only against hangs, nothing asserts a duration
 
 Observation = list[Any]
@@ -338,19 +340,9 @@ out += [ok, sem.error().name, sem.errorString()]
 print(json.dumps(out))
 """
 
-PERMISSION_KEYS = {
-    # label: (key type, legacy); new System V keys get an absolute path in /tmp
-    "POSIX": (POSIX_TYPE, False),
-    "legacy POSIX": (POSIX_TYPE, True),
-    "legacy SystemV-Q": (0x51, True),
-    "legacy SystemV-T": (ord("T"), True),
-    "new SystemV-Q in /tmp": (0x51, False),
-    "new SystemV-T in /tmp": (ord("T"), False),
-}
-
 
 def _permission(label: str, mode: str) -> None:
-    typ, legacy = PERMISSION_KEYS[label]
+    typ, _ = PERMISSION_KEYS[label]
     denied = ["PermissionDenied", "QSystemSemaphore::handle: permission denied"]
     # Only the constructor opens in Create mode (POSIX: sem_unlink first); acquire() and
     # release() open in Open mode.
@@ -366,13 +358,7 @@ def _permission(label: str, mode: str) -> None:
     )
     def run(impl, keys, procs):
         S = impl.QSystemSemaphore
-        if legacy:
-            key = S.legacyNativeKey(keys("perm"), impl.key_type(typ))
-        elif is_posix(typ):
-            key = S.platformSafeKey(keys("perm"), impl.key_type(typ))
-        else:
-            # an absolute path: /tmp is searchable by everybody (the runtime dir is 0700)
-            key = keys.record(S.platformSafeKey(f"/tmp/{keys('perm')}", impl.key_type(typ)))
+        key = permission_test_key(S, impl, keys, label)
         owner = S(key, 1, S.Create)
         assert owner.error().name == "NoError", owner.errorString()
         result = procs.run_python(PERMISSION_CHILD, impl.name, mode, key.toString(), str(NOBODY))

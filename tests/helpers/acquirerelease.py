@@ -19,27 +19,9 @@ that a test can read them as a handshake.
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-EXIT_SUCCESS = 0
-EXIT_FAILURE = 1
-
-
-def load(impl: str):
-    if impl == "pyside6":
-        from PySide6.QtCore import QNativeIpcKey, QSystemSemaphore
-    elif impl == "qsharedmem":
-        from qsharedmem import QNativeIpcKey, QSystemSemaphore
-    else:
-        raise SystemExit(f"unknown implementation {impl!r}")
-    return QSystemSemaphore, QNativeIpcKey
-
-
-def warn(*parts: object) -> None:
-    print(*parts, file=sys.stderr, flush=True)
+from helper_common import EXIT_FAILURE, EXIT_SUCCESS, load, pop_impl, warn
 
 
 def acquire(QSystemSemaphore, key, count: int = 1) -> int:
@@ -82,21 +64,12 @@ def to_int(text: str) -> int:
 
 def main(argv: list[str]) -> int:
     args = list(argv[1:])
-    impl = "qsharedmem"
-    for i, arg in enumerate(args):
-        if arg == "--impl" and i + 1 < len(args):
-            impl = args[i + 1]
-            del args[i : i + 2]
-            break
-        if arg.startswith("--impl="):
-            impl = arg.split("=", 1)[1]
-            del args[i]
-            break
+    impl = pop_impl(args)
     if len(args) < 2:
         warn("Please call the helper with the function to call and key as arguments")
         return EXIT_FAILURE
     function, key_string, *rest = args
-    QSystemSemaphore, QNativeIpcKey = load(impl)
+    QSystemSemaphore, QNativeIpcKey = load(impl, "QSystemSemaphore", "QNativeIpcKey")
     key = QNativeIpcKey.fromString(key_string)
     # Each function builds its semaphore in a frame of its own, so that it is destroyed (and
     # cleans up what it owns) before the interpreter exits, like Qt's stack objects.
