@@ -13,6 +13,26 @@
 //! ([`SystemSemaphore::acquire_with`]); and all operations take `&self`, so one semaphore can
 //! be shared by threads (an `Arc<SystemSemaphore>`), one blocked in `acquire` while another
 //! calls `release`.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use qsharedmem::system_semaphore::AccessMode;
+//! use qsharedmem::SystemSemaphore;
+//!
+//! // `QSystemSemaphore("jobs")` in Qt: a legacy key, System V on Linux
+//! // ($TMPDIR/qipc_systemsem_jobs<sha1>).
+//! # let name = format!("doc-jobs-{}", std::process::id());
+//! let jobs = Arc::new(SystemSemaphore::with_legacy_key(&name, 0, AccessMode::Create));
+//! assert_eq!(jobs.key().as_deref(), Some(name.as_str()));
+//!
+//! let worker = {
+//!     let jobs = Arc::clone(&jobs);
+//!     std::thread::spawn(move || jobs.acquire()) // waits for a job
+//! };
+//! jobs.release(1)?; // from another thread, or from any process with the same key
+//! worker.join().unwrap()?;
+//! # Ok::<(), qsharedmem::SemaphoreError>(())
+//! ```
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
