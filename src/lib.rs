@@ -39,6 +39,7 @@ mod semaphore;
 mod shared_memory;
 #[allow(dead_code, unused_imports)]
 mod sys;
+pub mod system_semaphore;
 
 #[cfg(feature = "python")]
 #[allow(dead_code)]
@@ -49,3 +50,4 @@ pub use key::{IpcObject, KeyType, NativeIpcKey};
 pub use lock::LockGuard;
 pub use segment::AccessMode;
 pub use shared_memory::SharedMemory;
+pub use system_semaphore::SystemSemaphore;

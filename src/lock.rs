@@ -32,6 +32,46 @@ use crate::sys::Errno;
 /// The longest a lock wait blocks before it runs the interrupt check again.
 pub const WAIT_SLICE: Duration = Duration::from_millis(100);
 
+/// How [`wait_in_slices`] ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waited<T> {
+    /// The attempt succeeded.
+    Got(T),
+    /// The timeout passed first.
+    TimedOut,
+    /// The interrupt check asked to stop waiting.
+    Interrupted,
+}
+
+/// Waits by calling `attempt(slice)` with slices of at most [`WAIT_SLICE`] until it returns
+/// `Some`, `timeout` passes (`None`: never) or `interrupt`, which runs between slices, returns
+/// true. `attempt` blocks for at most its slice and returns `None` when the slice ends empty.
+pub(crate) fn wait_in_slices<T, E>(
+    timeout: Option<Duration>,
+    interrupt: &mut dyn FnMut() -> bool,
+    mut attempt: impl FnMut(Duration) -> Result<Option<T>, E>,
+) -> Result<Waited<T>, E> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let slice = match deadline {
+            None => WAIT_SLICE,
+            Some(end) => {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(Waited::TimedOut);
+                }
+                left.min(WAIT_SLICE)
+            }
+        };
+        if let Some(got) = attempt(slice)? {
+            return Ok(Waited::Got(got));
+        }
+        if interrupt() {
+            return Ok(Waited::Interrupted);
+        }
+    }
+}
+
 /// How a successful acquisition went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Acquired {
@@ -192,57 +232,37 @@ impl LockPrimitive {
         timeout: Option<Duration>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Result<Acquired, LockFailure> {
-        let immediate = timeout == Some(Duration::ZERO);
         match self {
-            Self::Mutex(_) => {
-                if let Some(got) = self.try_acquire()? {
-                    return Ok(got);
-                }
-            }
-            // A semaphore's timed wait takes a free semaphore at once, so a separate attempt
-            // first (a system call for System V, two when the lock is busy) is only needed
-            // when there is no time to wait.
-            Self::SysV(_) | Self::Posix(_) if immediate => {
-                return self.try_acquire()?.ok_or(LockFailure::TimedOut);
-            }
-            Self::SysV(_) | Self::Posix(_) => {
+            // A semaphore's wait takes a free semaphore at once, so when the wait is unbounded
+            // (lock() without a timeout; create, attach and detach) the separate attempt
+            // first, a system call for System V and two when the lock is busy, is skipped.
+            Self::SysV(_) | Self::Posix(_) if timeout.is_none() => {
                 if self.held_by_current_thread() {
                     return Err(LockFailure::WouldDeadlock);
                 }
             }
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let mut first = true;
-        loop {
-            let slice = match deadline {
-                None => WAIT_SLICE,
-                Some(end) => {
-                    let left = end.saturating_duration_since(Instant::now());
-                    // The first attempt happens however short the timeout (a free lock is
-                    // taken, as by the attempt that used to precede the loop).
-                    if left.is_zero() && !first {
-                        return Err(LockFailure::TimedOut);
-                    }
-                    left.min(WAIT_SLICE)
+            _ => {
+                if let Some(got) = self.try_acquire()? {
+                    return Ok(got);
                 }
-            };
-            first = false;
-            let got = match self {
-                Self::Mutex(att) => wait_mutex(att, slice)?,
-                Self::SysV(sem) => wait_sysv(sem, slice)?,
-                Self::Posix(sem) => match sem.semaphore().wait_for(slice) {
-                    Ok(()) => Some(Acquired::Locked),
-                    Err(Errno(libc::ETIMEDOUT | libc::EINTR)) => None,
-                    Err(e) => return Err(LockFailure::Os(e)),
-                },
-            };
-            if let Some(got) = got {
+            }
+        }
+        let got = wait_in_slices(timeout, interrupt, |slice| match self {
+            Self::Mutex(att) => wait_mutex(att, slice),
+            Self::SysV(sem) => wait_sysv(sem, slice),
+            Self::Posix(sem) => match sem.semaphore().wait_for(slice) {
+                Ok(()) => Ok(Some(Acquired::Locked)),
+                Err(Errno(libc::ETIMEDOUT | libc::EINTR)) => Ok(None),
+                Err(e) => Err(LockFailure::Os(e)),
+            },
+        })?;
+        match got {
+            Waited::Got(got) => {
                 self.note_acquired();
-                return Ok(got);
+                Ok(got)
             }
-            if interrupt() {
-                return Err(LockFailure::Interrupted);
-            }
+            Waited::TimedOut => Err(LockFailure::TimedOut),
+            Waited::Interrupted => Err(LockFailure::Interrupted),
         }
     }
 

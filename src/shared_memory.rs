@@ -13,14 +13,14 @@ use crate::segment::{
 use crate::semaphore::{PosixSemaphore, SemMode, SysVSemaphore, LOCK_SET_SIZE};
 use crate::sys::process;
 
-/// The backend a key type selects.
+/// The backend a key type selects (for shared memory and system semaphores alike).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Posix,
     SysV { project_id: u8 },
 }
 
-fn backend(key_type: KeyType) -> Option<Backend> {
+pub(crate) fn backend(key_type: KeyType) -> Option<Backend> {
     let raw = key_type.raw();
     if raw <= 0xff {
         // Qt routes every value up to 0xff to System V, the invalid type 0 included (its ftok

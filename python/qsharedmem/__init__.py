@@ -39,7 +39,7 @@ from ._errors import (
     PermissionDeniedError,
     SharedMemoryError,
 )
-from ._qsharedmem import QNativeIpcKey, QSharedMemory, __version__
+from ._qsharedmem import QNativeIpcKey, QSharedMemory, QSystemSemaphore, __version__
 from .shared_memory import SharedMemory
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "PermissionDeniedError",
     "QNativeIpcKey",
     "QSharedMemory",
+    "QSystemSemaphore",
     "SharedMemory",
     "SharedMemoryError",
     "__version__",

@@ -4,7 +4,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyString, PyType};
 
 use crate::key::KeyType;
 
@@ -32,6 +32,21 @@ enum_class_fn!(access_mode_class, "AccessMode");
 enum_class_fn!(shared_memory_error_class, "SharedMemoryError");
 enum_class_fn!(semaphore_access_mode_class, "SystemSemaphoreAccessMode");
 enum_class_fn!(semaphore_error_class, "SystemSemaphoreError");
+
+/// Makes every member of `enum_classes` an attribute of `class` as well (`QSharedMemory.ReadOnly`
+/// next to `QSharedMemory.AccessMode.ReadOnly`), as in PySide6.
+pub(crate) fn expose_members<'py>(
+    class: &Bound<'py, PyType>,
+    enum_classes: impl IntoIterator<Item = Bound<'py, PyType>>,
+) -> PyResult<()> {
+    for enum_class in enum_classes {
+        for member in enum_class.try_iter()? {
+            let member = member?;
+            class.setattr(member.getattr("name")?.cast::<PyString>()?, member)?;
+        }
+    }
+    Ok(())
+}
 
 /// The member of `class` with integer value `value`.
 pub(crate) fn member<'py>(class: &Bound<'py, PyType>, value: u32) -> PyResult<Bound<'py, PyAny>> {

@@ -9,6 +9,7 @@ mod enums;
 mod errors;
 mod key;
 mod shared_memory;
+mod system_semaphore;
 
 /// The extension module `qsharedmem._qsharedmem`.
 #[pymodule]
@@ -17,5 +18,6 @@ fn qsharedmem_extension(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     key::register(m)?;
     shared_memory::register(m)?;
+    system_semaphore::register(m)?;
     Ok(())
 }

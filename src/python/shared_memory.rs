@@ -149,12 +149,13 @@ fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
 }
 
 /// The key argument of the constructor and `setNativeKey`: a `QNativeIpcKey`, or a string.
-enum KeyArg {
+pub(crate) enum KeyArg {
     Native(NativeIpcKey),
     Text(String),
 }
 
-fn key_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyArg> {
+/// Converts a key argument; any other type is a `TypeError`.
+pub(crate) fn key_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyArg> {
     if let Some(key) = extract_key(obj)? {
         return Ok(KeyArg::Native(key));
     }
@@ -165,6 +166,33 @@ fn key_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyArg> {
         "key must be a QNativeIpcKey or a str, not {}",
         obj.get_type().name()?
     )))
+}
+
+/// Runs `f`, which may wait, detached from the interpreter, handing it an interrupt check that
+/// runs Python's signal handlers (the core calls it between wait slices); if a handler raised
+/// (KeyboardInterrupt), the check returns true and that exception is the result.
+pub(crate) fn detached_interruptible<R: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&mut dyn FnMut() -> bool) -> R + Send,
+) -> PyResult<R> {
+    let (result, pending) = py.detach(|| {
+        let mut pending: Option<PyErr> = None;
+        let mut interrupt = || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    pending = Some(e);
+                    true
+                }
+            })
+        };
+        let result = f(&mut interrupt);
+        (result, pending)
+    });
+    match pending {
+        Some(e) => Err(e),
+        None => Ok(result),
+    }
 }
 
 impl PySharedMemory {
@@ -263,29 +291,16 @@ impl PySharedMemory {
         py: Python<'_>,
         f: impl FnOnce(&mut SharedMemory, &mut dyn FnMut() -> bool) -> R + Send,
     ) -> PyResult<R> {
-        let (result, pending, stale) = py.detach(|| {
+        let (result, stale) = detached_interruptible(py, |interrupt| {
             let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut pending: Option<PyErr> = None;
-            let mut interrupt = || {
-                Python::attach(|py| match py.check_signals() {
-                    Ok(()) => false,
-                    Err(e) => {
-                        pending = Some(e);
-                        true
-                    }
-                })
-            };
-            let result = f(&mut state.shm, &mut interrupt);
+            let result = f(&mut state.shm, interrupt);
             // Views another thread cached meanwhile, of what this operation detached.
             let state = &mut *state;
             let stale = state.views.take_stale(state.shm.attachment());
-            (result, pending, stale)
-        });
+            (result, stale)
+        })?;
         drop(stale);
-        match pending {
-            Some(e) => Err(e),
-            None => Ok(result),
-        }
+        Ok(result)
     }
 
     /// Replaces the handle's state (`__init__`, also when called again on a live handle: the
@@ -731,18 +746,13 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(_release_at_exit, m)?)?;
     m.add_class::<PySharedMemory>()?;
-    // Qt's enum members are reachable on the class too (`QSharedMemory.ReadOnly`), as in
-    // PySide6.
-    let class = m.py().get_type::<PySharedMemory>();
-    for enum_class in [
-        enums::access_mode_class(m.py())?,
-        enums::shared_memory_error_class(m.py())?,
-    ] {
-        for member in enum_class.try_iter()? {
-            let member = member?;
-            class.setattr(member.getattr("name")?.cast::<PyString>()?, member)?;
-        }
-    }
+    enums::expose_members(
+        &m.py().get_type::<PySharedMemory>(),
+        [
+            enums::access_mode_class(m.py())?,
+            enums::shared_memory_error_class(m.py())?,
+        ],
+    )?;
     m.add_class::<LockedContext>()?;
     m.add_class::<SegmentBuffer>()?;
     m.add_function(wrap_pyfunction!(_rebuild_qsharedmemory, m)?)?;
