@@ -8,20 +8,20 @@
 //! * the handle's state mutex is never waited for with the GIL held (a thread that finds it
 //!   busy waits detached), so a thread blocked in `lock()` can always get the GIL back.
 
-use std::sync::{Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyMemoryView, PyString, PyTuple, PyType};
 
 use super::buffer::SegmentBuffer;
 use super::enums::{self, int_value, key_type_from_py, member};
 use super::errors::to_py_err;
 use super::key::{extract_key, PyNativeIpcKey};
 use crate::key::KeyType;
-use crate::segment::AccessMode;
+use crate::segment::{AccessMode, Attachment};
 use crate::{NativeIpcKey, SharedMemory};
 
 /// `QSharedMemory`: a shared memory segment by key, with Qt 6's API and semantics.
@@ -33,7 +33,60 @@ use crate::{NativeIpcKey, SharedMemory};
     weakref
 )]
 pub(crate) struct PySharedMemory {
-    inner: Mutex<SharedMemory>,
+    inner: Mutex<State>,
+}
+
+/// What the handle's mutex protects.
+#[derive(Default)]
+struct State {
+    shm: SharedMemory,
+    /// The views `data()` and `constData()` hand out views of.
+    views: CachedViews,
+}
+
+/// A memoryview of the current attachment for `data()` and one for `constData()`, made on
+/// first use. Every call returns a new view of one of them: CPython makes that with one
+/// allocation (the new view shares the base's managed buffer, which holds the exporter and
+/// with it the attachment), instead of an exporter, a managed buffer and a view.
+///
+/// A cached view holds its attachment, so it is dropped before anything that may detach (and
+/// checked after): the core's detach must remain the last reference, as without the cache.
+/// Python objects are made and dropped only outside the mutex, because that may run Python
+/// code (a finalizer) that uses this handle.
+#[derive(Default)]
+struct CachedViews {
+    data: Option<CachedView>,
+    const_data: Option<CachedView>,
+}
+
+struct CachedView {
+    /// `Arc::as_ptr` of the attachment the view shows; the view keeps that attachment alive,
+    /// so the address cannot be reused while the view is cached.
+    attachment: usize,
+    view: Py<PyMemoryView>,
+}
+
+impl CachedViews {
+    fn slot(&mut self, read_only: bool) -> &mut Option<CachedView> {
+        if read_only {
+            &mut self.const_data
+        } else {
+            &mut self.data
+        }
+    }
+
+    /// Takes the views out if they show another attachment than `current`.
+    fn take_stale(&mut self, current: Option<&Arc<Attachment>>) -> CachedViews {
+        let current = current.map_or(0, |att| Arc::as_ptr(att) as usize);
+        let mut stale = CachedViews::default();
+        for read_only in [false, true] {
+            let slot = self.slot(read_only);
+            if slot.as_ref().is_some_and(|c| c.attachment != current) {
+                *stale.slot(read_only) = slot.take();
+            }
+        }
+        stale
+    }
 }
 
 /// Converts an `AccessMode` member or 0/1 (a member of another enum is a `TypeError`).
@@ -149,6 +202,14 @@ impl PySharedMemory {
         py: Python<'_>,
         f: impl FnOnce(&mut SharedMemory) -> R + Send,
     ) -> R {
+        self.with_full_state(py, |state| f(&mut state.shm))
+    }
+
+    fn with_full_state<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut State) -> R + Send,
+    ) -> R {
         match self.inner.try_lock() {
             Ok(mut state) => f(&mut state),
             Err(TryLockError::Poisoned(poisoned)) => f(&mut poisoned.into_inner()),
@@ -158,22 +219,94 @@ impl PySharedMemory {
         }
     }
 
+    /// The state if the mutex is free right now (the GIL is held: never wait for it here).
+    fn try_state(&self) -> Option<MutexGuard<'_, State>> {
+        match self.inner.try_lock() {
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// `data()` (`read_only` false) and `constData()`: a new view of the cached view of the
+    /// current attachment, making that on first use (see [`CachedViews`]).
+    fn view<'py>(&self, py: Python<'py>, read_only: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(mut state) = self.try_state() else {
+            // Busy (another thread waits in lock() or attach()): an uncached view.
+            return match self.with_state(py, |s| s.attachment().cloned()) {
+                Some(att) => Ok(Some(
+                    SegmentBuffer::memoryview(py, att, read_only)?.into_any(),
+                )),
+                None => Ok(None),
+            };
+        };
+        let Some(att) = state.shm.attachment().cloned() else {
+            return Ok(None);
+        };
+        let key = Arc::as_ptr(&att) as usize;
+        if let Some(cached) = state.views.slot(read_only).as_ref() {
+            if cached.attachment == key {
+                let base = cached.view.clone_ref(py);
+                drop(state);
+                return Ok(Some(PyMemoryView::from(base.bind(py).as_any())?.into_any()));
+            }
+        }
+        drop(state);
+        let base = SegmentBuffer::memoryview(py, att, read_only)?;
+        let view = PyMemoryView::from(base.as_any())?.into_any();
+        let replaced = self.try_state().and_then(|mut state| {
+            let current = state.shm.attachment().map(|a| Arc::as_ptr(a) as usize);
+            (current == Some(key)).then(|| {
+                state.views.slot(read_only).replace(CachedView {
+                    attachment: key,
+                    view: base.unbind(),
+                })
+            })
+        });
+        drop(replaced); // outside the mutex
+        Ok(Some(view))
+    }
+
+    /// Drops the cached views, before an operation that may detach.
+    fn forget_views(&self, py: Python<'_>) {
+        let views = self.with_full_state(py, |state| std::mem::take(&mut state.views));
+        drop(views);
+    }
+
     /// Runs an operation that may wait, detached from the interpreter, with an interrupt check
     /// that runs Python's signal handlers; a handler's exception (KeyboardInterrupt) wins.
+    /// The operation may detach: the cached views are dropped first.
     fn waiting<R: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut SharedMemory, &mut dyn FnMut() -> bool) -> R + Send,
     ) -> PyResult<R> {
-        detached_interruptible(py, |interrupt| {
+        self.forget_views(py);
+        self.waiting_keeping_views(py, f)
+    }
+
+    /// [`Self::waiting`] for an operation that never detaches (lock()).
+    fn waiting_keeping_views<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut SharedMemory, &mut dyn FnMut() -> bool) -> R + Send,
+    ) -> PyResult<R> {
+        let (result, stale) = detached_interruptible(py, |interrupt| {
             let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&mut state, interrupt)
-        })
+            let result = f(&mut state.shm, interrupt);
+            // Views another thread cached meanwhile, of what this operation detached.
+            let state = &mut *state;
+            let stale = state.views.take_stale(state.shm.attachment());
+            (result, stale)
+        })?;
+        drop(stale);
+        Ok(result)
     }
 
     /// Replaces the handle's state (`__init__`, also when called again on a live handle: the
     /// old state detaches like a destroyed handle, with the GIL released).
     fn reset(&self, py: Python<'_>, shm: SharedMemory) {
+        self.forget_views(py);
         let old = self.with_state(py, |s| std::mem::replace(s, shm));
         py.detach(move || drop(old));
     }
@@ -191,7 +324,7 @@ impl PySharedMemory {
                 s.lock_with(Some(Duration::ZERO), &mut || false).is_ok()
             }));
         }
-        self.waiting(py, |s, interrupt| s.lock_with(wait, interrupt).is_ok())
+        self.waiting_keeping_views(py, |s, interrupt| s.lock_with(wait, interrupt).is_ok())
     }
 }
 
@@ -204,7 +337,7 @@ impl PySharedMemory {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         Self {
-            inner: Mutex::new(SharedMemory::new()),
+            inner: Mutex::new(State::default()),
         }
     }
 
@@ -295,19 +428,13 @@ impl PySharedMemory {
 
     /// `data() -> memoryview | None`: the segment's memory (read-only for ReadOnly attachments).
     fn data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.with_state(py, |s| s.attachment().cloned()) {
-            Some(att) => Ok(Some(SegmentBuffer::memoryview(py, att, false)?.into_any())),
-            None => Ok(None),
-        }
+        self.view(py, false)
     }
 
     /// `constData() -> memoryview | None`: the segment's memory, read-only.
     #[pyo3(name = "constData")]
     fn const_data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.with_state(py, |s| s.attachment().cloned()) {
-            Some(att) => Ok(Some(SegmentBuffer::memoryview(py, att, true)?.into_any())),
-            None => Ok(None),
-        }
+        self.view(py, true)
     }
 
     /// `size() -> int`
@@ -516,7 +643,10 @@ impl Drop for PySharedMemory {
     fn drop(&mut self) {
         // Like Qt's destructor this detaches and releases the lock; that may wait (briefly) for
         // the System V lock, so the GIL is released meanwhile.
-        let shm = std::mem::take(self.inner.get_mut().unwrap_or_else(PoisonError::into_inner));
+        let State { shm, views } =
+            std::mem::take(self.inner.get_mut().unwrap_or_else(PoisonError::into_inner));
+        // The cached views go first, so that the core's detach is the last reference.
+        drop(views);
         Python::attach(|py| py.detach(move || drop(shm)));
     }
 }
