@@ -1098,6 +1098,23 @@ pub(crate) enum PosixAttach {
     Foreign(Attachment),
 }
 
+/// A second open file description of the file `fd` (described by `st`) refers to, with its own
+/// access mode. Opening the name again costs a third of re-opening through `/proc/self/fd`; if
+/// the name no longer refers to the same file (it was replaced meanwhile), `/proc` it is.
+fn open_again(
+    file_name: &str,
+    fd: BorrowedFd<'_>,
+    st: &posix::FileStat,
+    writable: bool,
+) -> Result<OwnedFd, Errno> {
+    if let Ok(again) = posix::open_existing(file_name, writable) {
+        if posix::fstat(again.as_fd()).is_ok_and(|now| now.same_file(st)) {
+            return Ok(again);
+        }
+    }
+    posix::reopen(fd, writable)
+}
+
 /// Attaches to the POSIX segment `file_name`. `settle` runs if the file is empty (a foreign
 /// creator may be between creating and sizing it); the size is then read again.
 pub(crate) fn attach_posix(
@@ -1117,7 +1134,7 @@ pub(crate) fn attach_posix(
     let classified = classify(fd.as_fd(), st.size)?;
     // `fd` holds the refcount lock; the memory is mapped through a description of its own (see
     // `refcount_descriptor`).
-    let data = posix::reopen(fd.as_fd(), writable)
+    let data = open_again(file_name, fd.as_fd(), &st, writable)
         .and_then(|map_fd| Mapping::map_file(map_fd.as_fd(), 0, len, writable))
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
     match classified {
@@ -1129,11 +1146,13 @@ pub(crate) fn attach_posix(
             } else {
                 // The lock lives in the control page, which a read-only attacher must still be
                 // able to write; without write permission the lock is simply unavailable.
-                posix::reopen(fd.as_fd(), true).ok().and_then(|rw| {
-                    Mapping::map_file(rw.as_fd(), control_base as u64, page, true)
-                        .ok()
-                        .map(|m| (m, 0))
-                })
+                open_again(file_name, fd.as_fd(), &st, true)
+                    .ok()
+                    .and_then(|rw| {
+                        Mapping::map_file(rw.as_fd(), control_base as u64, page, true)
+                            .ok()
+                            .map(|m| (m, 0))
+                    })
             };
             Ok(PosixAttach::Ours(Attachment {
                 size: logical_size,
