@@ -10,6 +10,8 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 EXT    := $(VENV)/.ext-stamp
 SOURCES := $(shell find src -name '*.rs') Cargo.toml pyproject.toml
+# The Python trees ruff checks (benchmarks/ only once it exists).
+PY_TREES := $(wildcard python tests benchmarks)
 
 export QT_QPA_PLATFORM := offscreen
 
@@ -55,13 +57,13 @@ lint: $(STAMP)  ## rustfmt, clippy, ruff
 	cargo fmt --check
 	cargo clippy --all-targets --quiet -- -D warnings
 	cargo clippy --all-targets --features python --quiet -- -D warnings
-	$(VENV)/bin/ruff check python tests benchmarks
-	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/ruff check $(PY_TREES)
+	$(VENV)/bin/ruff format --check $(PY_TREES)
 
 format:  ## apply rustfmt and ruff format
 	cargo fmt
-	$(VENV)/bin/ruff format python tests benchmarks
-	$(VENV)/bin/ruff check --fix python tests benchmarks
+	$(VENV)/bin/ruff format $(PY_TREES)
+	$(VENV)/bin/ruff check --fix $(PY_TREES)
 
 clean:  ## remove build outputs and the virtualenv
 	cargo clean

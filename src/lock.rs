@@ -486,6 +486,7 @@ pub(crate) fn guarded_slice(att: &Attachment) -> &[u8] {
 
 /// The attachment's bytes for writing, for a [`LockGuard`] borrowed mutably.
 #[allow(unsafe_code)] // see `guarded_slice`
+#[allow(clippy::mut_from_ref)] // the exclusivity comes from the lock, see the SAFETY comment
 pub(crate) fn guarded_slice_mut(att: &Attachment) -> &mut [u8] {
     // SAFETY: as in `guarded_slice`, plus: the caller borrows the guard (and through it the
     // handle) mutably for the slice's lifetime, so no other slice from this handle exists; other

@@ -144,10 +144,8 @@ mod tests {
         // SAFETY: fresh descriptor owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: valid descriptor.
-        assert_eq!(
-            unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), 4096) },
-            0
-        );
+        let truncated = unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), 4096) };
+        assert_eq!(truncated, 0);
         Mapping::map_file(fd.as_fd(), 0, 4096, true).unwrap()
     }
 
