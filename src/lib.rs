@@ -14,6 +14,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod error;
+pub mod inspect;
 pub mod key;
 pub mod lock;
 pub mod segment;
