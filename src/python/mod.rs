@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 mod buffer;
 mod enums;
 mod errors;
+mod inspect;
 mod key;
 mod shared_memory;
 
@@ -17,5 +18,6 @@ fn qsharedmem_extension(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     key::register(m)?;
     shared_memory::register(m)?;
+    inspect::register(m)?;
     Ok(())
 }
