@@ -410,9 +410,24 @@ fn list_with_key_files(
     scope: Scope,
     extra_key_files: &[&str],
 ) -> Result<Vec<SegmentInfo>, InspectError> {
+    // The objects first, then who uses them: everything listed had its users when /proc was
+    // read (a qsharedmem segment is published with its creator's flock taken, and a Qt or
+    // multiprocessing creator holds its descriptor from shm_open on), so a segment just
+    // created cannot look unused. One destroyed meanwhile is dropped when it cannot be opened.
+    let posix = posix_files(scope)?;
+    let sysv = sysv_list(scope)?;
     let snapshot = Snapshot::take()?;
-    let mut found = posix_segments(&snapshot, scope)?;
-    found.extend(sysv_segments(&snapshot, scope, extra_key_files)?);
+    let mut found: Vec<SegmentInfo> = posix
+        .into_iter()
+        .filter_map(|(name, listed)| posix_segment(&snapshot, &name, listed))
+        .collect();
+    if !sysv.is_empty() {
+        let key_files = key_files(extra_key_files);
+        found.extend(
+            sysv.into_iter()
+                .map(|(shmid, st)| sysv_segment(&snapshot, &key_files, shmid, &st)),
+        );
+    }
     Ok(found)
 }
 
@@ -426,7 +441,8 @@ fn time_from_secs(secs: i64) -> Option<SystemTime> {
         .and_then(|s| UNIX_EPOCH.checked_add(Duration::from_secs(s)))
 }
 
-fn posix_segments(snapshot: &Snapshot, scope: Scope) -> Result<Vec<SegmentInfo>, InspectError> {
+/// The regular files in `/dev/shm` but named semaphores, in `scope`, by name.
+fn posix_files(scope: Scope) -> Result<Vec<(String, posix::FileStat)>, InspectError> {
     let entries = std::fs::read_dir(posix::SHM_DIR).map_err(|e| {
         InspectError::os(posix::SHM_DIR, Errno(e.raw_os_error().unwrap_or(libc::EIO)))
     })?;
@@ -443,7 +459,7 @@ fn posix_segments(snapshot: &Snapshot, scope: Scope) -> Result<Vec<SegmentInfo>,
             continue; // gone meanwhile
         };
         if listed.is_regular() && in_scope(scope, listed.uid) {
-            found.extend(posix_segment(snapshot, &name, listed));
+            found.push((name, listed));
         }
     }
     Ok(found)
@@ -454,6 +470,10 @@ fn posix_segment(snapshot: &Snapshot, name: &str, listed: posix::FileStat) -> Op
     let (st, record, note) = match posix::open_existing(name, false) {
         Ok(fd) => {
             let st = posix::fstat(fd.as_fd()).unwrap_or(listed);
+            if !st.same_file(&listed) {
+                // Replaced after /proc was read: its users are not in the snapshot.
+                return None;
+            }
             match segment::read_control_record(fd.as_fd(), st.size) {
                 Ok(record) => (st, record, None),
                 Err(e) => (st, None, Some(format!("unusable qsharedmem header: {e}"))),
@@ -714,22 +734,17 @@ fn file_name_of(path: &str) -> &str {
     path.rsplit_once('/').map_or(path, |(_, name)| name)
 }
 
-fn sysv_segments(
-    snapshot: &Snapshot,
-    scope: Scope,
-    extra_key_files: &[&str],
-) -> Result<Vec<SegmentInfo>, InspectError> {
+/// The System V segments in `scope`, in the kernel's order.
+fn sysv_list(scope: Scope) -> Result<Vec<(i32, ShmStat)>, InspectError> {
     let segments = match sysv::list_segments() {
         Ok(segments) => segments,
         // A kernel without System V IPC.
         Err(Errno(libc::ENOENT)) => return Ok(Vec::new()),
         Err(e) => return Err(InspectError::os("/proc/sysvipc/shm", e)),
     };
-    let key_files = key_files(extra_key_files);
     Ok(segments
         .into_iter()
         .filter(|(_, st)| in_scope(scope, st.uid))
-        .map(|(shmid, st)| sysv_segment(snapshot, &key_files, shmid, &st))
         .collect())
 }
 
