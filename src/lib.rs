@@ -27,6 +27,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod error;
+pub mod inspect;
 pub mod key;
 pub mod lock;
 // `segment`, `semaphore`, `sys` and `python` hold helpers for the CLI (list/gc/inspect) and for

@@ -339,6 +339,7 @@ impl SysVSemaphore {
     }
 
     /// Forget ownership: after this, [`Self::clean_handle`] removes nothing.
+    #[allow(dead_code, reason = "not called yet; kept for the issues that need it")]
     pub(crate) fn disown(&self) {
         self.created_file.store(false, Ordering::Relaxed);
         self.created_semaphore.store(false, Ordering::Relaxed);

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 mod buffer;
 mod enums;
 mod errors;
+mod inspect;
 mod key;
 mod shared_memory;
 mod system_semaphore;
@@ -19,5 +20,6 @@ fn qsharedmem_extension(m: &Bound<'_, PyModule>) -> PyResult<()> {
     key::register(m)?;
     shared_memory::register(m)?;
     system_semaphore::register(m)?;
+    inspect::register(m)?;
     Ok(())
 }

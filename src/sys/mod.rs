@@ -15,6 +15,7 @@ pub mod mutex;
 pub mod namedsem;
 pub mod posix;
 pub mod process;
+pub mod procfs;
 pub mod sysv;
 
 pub use cvt::{strerror, Errno, SysResult};

@@ -66,6 +66,12 @@ impl FileStat {
         }
     }
 
+    /// True for a regular file (not a directory, link, socket, ...).
+    #[must_use]
+    pub fn is_regular(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+
     /// True if both describe the same file.
     #[must_use]
     pub fn same_file(&self, other: &FileStat) -> bool {
@@ -103,6 +109,7 @@ pub fn open_existing(file_name: &str, writable: bool) -> SysResult<OwnedFd> {
 }
 
 /// `shm_open(name, O_RDWR|O_CREAT|O_EXCL, mode)`: a new, named, empty object (Qt's way).
+#[allow(dead_code, reason = "not called yet; kept for the issues that need it")]
 pub fn create_named(file_name: &str, mode: libc::mode_t) -> SysResult<OwnedFd> {
     let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
     open_path(&shm_path(file_name)?, flags, mode)
@@ -204,21 +211,32 @@ pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<FileStat> {
     Ok(FileStat::from_raw(unsafe { &st.assume_init() }))
 }
 
-/// `pread(fd, buf, offset)`: how many bytes were read (fewer than `buf.len()` at the end of
-/// the file).
+/// `pread` until `buf` is full or the file ends; returns how many bytes were read. Reading
+/// copies, so unlike a mapping it cannot fault when another process shrinks the file meanwhile.
 pub fn read_at(fd: BorrowedFd<'_>, offset: u64, buf: &mut [u8]) -> SysResult<usize> {
-    let offset = libc::off_t::try_from(offset).map_err(|_| Errno(libc::EINVAL))?;
-    let read = retry(|| {
-        // SAFETY: `buf` is valid for writes of `buf.len()` bytes; `fd` is open.
-        let ret =
-            unsafe { libc::pread(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), offset) };
-        if ret < 0 {
-            Err(Errno::last())
-        } else {
-            Ok(ret)
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .and_then(|at| libc::off_t::try_from(at).ok())
+            .ok_or(Errno(libc::EOVERFLOW))?;
+        let rest = &mut buf[done..];
+        let n = retry(|| {
+            // SAFETY: `rest` is valid for writes of `rest.len()` bytes; `fd` is open.
+            let n =
+                unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at) };
+            if n < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(n.unsigned_abs())
+            }
+        })?;
+        if n == 0 {
+            break;
         }
-    })?;
-    Ok(usize::try_from(read).unwrap_or(0))
+        done += n;
+    }
+    Ok(done)
 }
 
 /// `lstat("/dev/shm/<file_name>")`.
@@ -294,19 +312,6 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<bool> {
     }
 }
 
-/// Whether any open file description holds an `flock` on the file at `path` that conflicts
-/// with an exclusive lock, tested without disturbing holders: opens its own description and
-/// tries `LOCK_EX|LOCK_NB` (released when the descriptor closes).
-pub fn is_locked_by_anyone(file_name: &str) -> SysResult<bool> {
-    let fd = open_path(
-        &shm_path(file_name)?,
-        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
-        0,
-    )?;
-    use std::os::fd::AsFd;
-    try_lock_exclusive(fd.as_fd()).map(|got| !got)
-}
-
 /// Free and total bytes of the file system holding `/dev/shm`.
 pub fn shm_space() -> SysResult<(u64, u64)> {
     let path = c_string(SHM_DIR)?;
@@ -366,7 +371,6 @@ mod tests {
             !try_lock_exclusive(file.as_fd()).unwrap(),
             "another holder exists"
         );
-        assert!(is_locked_by_anyone(&name).unwrap());
         drop(other);
         assert!(
             try_lock_exclusive(file.as_fd()).unwrap(),
