@@ -10,6 +10,8 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.deps-stamp
 EXT    := $(VENV)/.ext-stamp
 SOURCES := $(shell find src -name '*.rs') Cargo.toml pyproject.toml
+# Python code that ruff checks (benchmarks/ only once it exists)
+PY_DIRS := python tests $(wildcard benchmarks)
 
 export QT_QPA_PLATFORM := offscreen
 
@@ -42,8 +44,8 @@ test-rust:  ## Rust unit, integration and doc tests (no Python)
 test-python: $(EXT)  ## the Python test suite against the built extension
 	$(PY) -m pytest -q
 
-demo: $(EXT)  ## the multi-process demonstration
-	$(PY) -m qsharedmem demo
+demo: $(EXT)  ## the multi-process demonstration (DEMO_ARGS="--key-type systemv" for System V)
+	$(PY) -m qsharedmem.demo $(DEMO_ARGS)
 
 bench: $(EXT)  ## full benchmark run against PySide6, multiprocessing, posix_ipc, sysv_ipc
 	$(PY) -m benchmarks
@@ -55,13 +57,13 @@ lint: $(STAMP)  ## rustfmt, clippy, ruff
 	cargo fmt --check
 	cargo clippy --all-targets --quiet -- -D warnings
 	cargo clippy --all-targets --features python --quiet -- -D warnings
-	$(VENV)/bin/ruff check python tests benchmarks
-	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/ruff check $(PY_DIRS)
+	$(VENV)/bin/ruff format --check $(PY_DIRS)
 
 format:  ## apply rustfmt and ruff format
 	cargo fmt
-	$(VENV)/bin/ruff format python tests benchmarks
-	$(VENV)/bin/ruff check --fix python tests benchmarks
+	$(VENV)/bin/ruff format $(PY_DIRS)
+	$(VENV)/bin/ruff check --fix $(PY_DIRS)
 
 clean:  ## remove build outputs and the virtualenv
 	cargo clean

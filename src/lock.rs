@@ -18,6 +18,7 @@
 //! token missing, takes the lock alone, reports that the owner died, and restores the token when
 //! it unlocks. Qt only ever touches semaphore 0, so it interoperates unchanged.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,46 @@ use crate::sys::Errno;
 
 /// The longest a lock wait blocks before it runs the interrupt check again.
 pub const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+/// How [`wait_in_slices`] ended without an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Waited<T> {
+    /// The attempt succeeded.
+    Got(T),
+    /// The timeout passed first.
+    TimedOut,
+    /// The interrupt check asked to stop waiting.
+    Interrupted,
+}
+
+/// Waits by calling `attempt(slice)` with slices of at most [`WAIT_SLICE`] until it returns
+/// `Some`, `timeout` passes (`None`: never) or `interrupt`, which runs between slices, returns
+/// true. `attempt` blocks for at most its slice and returns `None` when the slice ends empty.
+pub(crate) fn wait_in_slices<T, E>(
+    timeout: Option<Duration>,
+    interrupt: &mut dyn FnMut() -> bool,
+    mut attempt: impl FnMut(Duration) -> Result<Option<T>, E>,
+) -> Result<Waited<T>, E> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let slice = match deadline {
+            None => WAIT_SLICE,
+            Some(end) => {
+                let left = end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(Waited::TimedOut);
+                }
+                left.min(WAIT_SLICE)
+            }
+        };
+        if let Some(got) = attempt(slice)? {
+            return Ok(Waited::Got(got));
+        }
+        if interrupt() {
+            return Ok(Waited::Interrupted);
+        }
+    }
+}
 
 /// How a successful acquisition went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,57 +107,90 @@ pub(crate) enum LockPrimitive {
 }
 
 /// Which lock a thread holds, for same-thread relock detection of semaphores (which, unlike the
-/// error-checking mutex, do not know their holder).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum Identity {
+/// error-checking mutex, do not know their holder): the kind and the semaphore's name. Looked
+/// up by reference, so that only taking a lock allocates (once).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Identity<'a> {
+    SysV(&'a str),
+    Posix(&'a str),
+}
+
+#[derive(Debug)]
+enum HeldLock {
     SysV(String),
     Posix(String),
 }
 
-/// Semaphore locks held by threads of this process: (lock, thread id).
-static HELD: Mutex<Vec<(Identity, i32)>> = Mutex::new(Vec::new());
+impl HeldLock {
+    fn new(id: Identity<'_>) -> Self {
+        match id {
+            Identity::SysV(key) => Self::SysV(key.to_owned()),
+            Identity::Posix(name) => Self::Posix(name.to_owned()),
+        }
+    }
 
-fn held() -> std::sync::MutexGuard<'static, Vec<(Identity, i32)>> {
+    fn is(&self, id: Identity<'_>) -> bool {
+        match (self, id) {
+            (Self::SysV(held), Identity::SysV(key)) => held == key,
+            (Self::Posix(held), Identity::Posix(name)) => held == name,
+            _ => false,
+        }
+    }
+}
+
+/// Semaphore locks held by threads of this process: (lock, thread id).
+static HELD: Mutex<Vec<(HeldLock, i32)>> = Mutex::new(Vec::new());
+/// How many entries `HELD` has: a thread that holds no semaphore lock at all (the usual case
+/// when it is about to take one) answers without the registry's mutex.
+static HELD_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+fn held() -> std::sync::MutexGuard<'static, Vec<(HeldLock, i32)>> {
     HELD.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn is_held(id: &Identity) -> bool {
+fn is_held(id: Identity<'_>) -> bool {
+    if HELD_COUNT.load(Ordering::Acquire) == 0 {
+        return false;
+    }
     let tid = process::thread_id();
     held()
         .iter()
-        .any(|(held_id, holder)| held_id == id && *holder == tid)
+        .any(|(held, holder)| held.is(id) && *holder == tid)
 }
 
-fn mark_held(id: Identity) {
-    held().push((id, process::thread_id()));
+fn mark_held(id: Identity<'_>) {
+    let mut list = held();
+    list.push((HeldLock::new(id), process::thread_id()));
+    HELD_COUNT.store(list.len(), Ordering::Release);
 }
 
-fn mark_released(id: &Identity) {
+fn mark_released(id: Identity<'_>) {
     let tid = process::thread_id();
     let mut list = held();
     let at = list
         .iter()
-        .position(|(i, t)| i == id && *t == tid)
+        .position(|(held, t)| held.is(id) && *t == tid)
         // Released from another thread than the one that took it.
-        .or_else(|| list.iter().position(|(i, _)| i == id));
+        .or_else(|| list.iter().position(|(held, _)| held.is(id)));
     if let Some(at) = at {
         list.swap_remove(at);
+        HELD_COUNT.store(list.len(), Ordering::Release);
     }
 }
 
 impl LockPrimitive {
-    fn identity(&self) -> Option<Identity> {
+    fn identity(&self) -> Option<Identity<'_>> {
         match self {
             Self::Mutex(_) => None,
-            Self::SysV(sem) => Some(Identity::SysV(sem.native_key().to_owned())),
-            Self::Posix(sem) => Some(Identity::Posix(sem.name().to_owned())),
+            Self::SysV(sem) => Some(Identity::SysV(sem.native_key())),
+            Self::Posix(sem) => Some(Identity::Posix(sem.name())),
         }
     }
 
     /// Whether the calling thread holds this lock (semaphores: through any handle of this
     /// process; the mutex answers for itself).
     pub(crate) fn held_by_current_thread(&self) -> bool {
-        self.identity().is_some_and(|id| is_held(&id))
+        self.identity().is_some_and(is_held)
     }
 
     fn note_acquired(&self) {
@@ -127,7 +201,7 @@ impl LockPrimitive {
 
     fn note_released(&self) {
         if let Some(id) = self.identity() {
-            mark_released(&id);
+            mark_released(id);
         }
     }
 
@@ -158,37 +232,37 @@ impl LockPrimitive {
         timeout: Option<Duration>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Result<Acquired, LockFailure> {
-        if let Some(got) = self.try_acquire()? {
-            return Ok(got);
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            let slice = match deadline {
-                None => WAIT_SLICE,
-                Some(end) => {
-                    let left = end.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(LockFailure::TimedOut);
-                    }
-                    left.min(WAIT_SLICE)
+        match self {
+            // A semaphore's wait takes a free semaphore at once, so when the wait is unbounded
+            // (lock() without a timeout; create, attach and detach) the separate attempt
+            // first, a system call for System V and two when the lock is busy, is skipped.
+            Self::SysV(_) | Self::Posix(_) if timeout.is_none() => {
+                if self.held_by_current_thread() {
+                    return Err(LockFailure::WouldDeadlock);
                 }
-            };
-            let got = match self {
-                Self::Mutex(att) => wait_mutex(att, slice)?,
-                Self::SysV(sem) => wait_sysv(sem, slice)?,
-                Self::Posix(sem) => match sem.semaphore().wait_for(slice) {
-                    Ok(()) => Some(Acquired::Locked),
-                    Err(Errno(libc::ETIMEDOUT | libc::EINTR)) => None,
-                    Err(e) => return Err(LockFailure::Os(e)),
-                },
-            };
-            if let Some(got) = got {
+            }
+            _ => {
+                if let Some(got) = self.try_acquire()? {
+                    return Ok(got);
+                }
+            }
+        }
+        let got = wait_in_slices(timeout, interrupt, |slice| match self {
+            Self::Mutex(att) => wait_mutex(att, slice),
+            Self::SysV(sem) => wait_sysv(sem, slice),
+            Self::Posix(sem) => match sem.semaphore().wait_for(slice) {
+                Ok(()) => Ok(Some(Acquired::Locked)),
+                Err(Errno(libc::ETIMEDOUT | libc::EINTR)) => Ok(None),
+                Err(e) => Err(LockFailure::Os(e)),
+            },
+        })?;
+        match got {
+            Waited::Got(got) => {
                 self.note_acquired();
-                return Ok(got);
+                Ok(got)
             }
-            if interrupt() {
-                return Err(LockFailure::Interrupted);
-            }
+            Waited::TimedOut => Err(LockFailure::TimedOut),
+            Waited::Interrupted => Err(LockFailure::Interrupted),
         }
     }
 
@@ -342,44 +416,33 @@ fn sysv_attempt(
 }
 
 /// Takes a System V lock for a cleanup decision (is this the last detacher?), waiting at most
-/// `wait`, without ever re-creating a removed semaphore (that would leave it behind): `Ok(None)`
-/// if it was removed (then the segment is gone too) or stayed busy; otherwise whether the
-/// previous holder died. The caller releases it with [`release_after_cleanup`].
+/// `wait`: `Ok(None)` if it stayed busy; otherwise whether the previous holder died. Like every
+/// user of the lock it re-creates a semaphore that was removed (its creator may have gone while
+/// the segment lives on); the caller removes what it re-created if the segment turns out to be
+/// gone. Release it with [`release_after_cleanup`].
 pub(crate) fn acquire_for_cleanup(
     sem: &SysVSemaphore,
     wait: Duration,
 ) -> Result<Option<bool>, Errno> {
-    let with_token = sem.has_consistency_token();
-    let ops: &[SemOp] = if with_token {
-        &[TAKE_LOCK, TAKE_TOKEN]
-    } else {
-        &[TAKE_LOCK]
-    };
     let deadline = Instant::now() + wait;
     loop {
         let left = deadline
             .saturating_duration_since(Instant::now())
             .min(WAIT_SLICE);
-        match sem.operate_existing(ops, Some(left.max(Duration::from_millis(1)))) {
-            Ok(()) => {
-                mark_held(Identity::SysV(sem.native_key().to_owned()));
-                return Ok(Some(false));
+        let attempt = if left.is_zero() {
+            try_sysv(sem)
+        } else {
+            wait_sysv(sem, left)
+        };
+        match attempt {
+            Ok(Some(got)) => {
+                mark_held(Identity::SysV(sem.native_key()));
+                return Ok(Some(got == Acquired::OwnerDied));
             }
-            Err(Errno(libc::EAGAIN | libc::EINTR | libc::EFBIG)) => {
-                if with_token
-                    && sem
-                        .operate_existing(&[nowait(TAKE_LOCK), TOKEN_MISSING], None)
-                        .is_ok()
-                {
-                    mark_held(Identity::SysV(sem.native_key().to_owned()));
-                    return Ok(Some(true));
-                }
-                if Instant::now() >= deadline {
-                    return Ok(None);
-                }
-            }
-            Err(Errno(libc::EIDRM | libc::EINVAL)) => return Ok(None),
-            Err(e) => return Err(e),
+            Ok(None) if Instant::now() >= deadline => return Ok(None),
+            Ok(None) => {}
+            Err(LockFailure::Os(e)) => return Err(e),
+            Err(_) => return Ok(None),
         }
     }
 }
@@ -395,12 +458,12 @@ pub(crate) fn release_after_cleanup(sem: &SysVSemaphore, recovered: bool) {
         let _ = recovered;
         let _ = sem.operate_existing(ops, None);
     }
-    mark_released(&Identity::SysV(sem.native_key().to_owned()));
+    mark_released(Identity::SysV(sem.native_key()));
 }
 
 /// Whether the calling thread holds the System V lock `sem` (through any handle).
 pub(crate) fn sysv_held_by_current_thread(sem: &SysVSemaphore) -> bool {
-    is_held(&Identity::SysV(sem.native_key().to_owned()))
+    is_held(Identity::SysV(sem.native_key()))
 }
 
 fn try_sysv(sem: &SysVSemaphore) -> Result<Option<Acquired>, LockFailure> {

@@ -7,19 +7,21 @@ use std::time::Duration;
 use crate::error::{Error, ErrorKind};
 use crate::key::{IpcObject, KeyType, NativeIpcKey};
 use crate::lock::{Acquired, LockFailure, LockGuard, LockPrimitive};
-use crate::segment::{self, AccessMode, Attachment, PosixAttach, SegmentKind};
+use crate::segment::{
+    self, AccessMode, Attachment, PosixAttach, Removal, SegmentIdentity, SegmentKind,
+};
 use crate::semaphore::{PosixSemaphore, SemMode, SysVSemaphore, LOCK_SET_SIZE};
 use crate::sys::process;
 use crate::testpoint;
 
-/// The backend a key type selects.
+/// The backend a key type selects (for shared memory and system semaphores alike).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Posix,
     SysV { project_id: u8 },
 }
 
-fn backend(key_type: KeyType) -> Option<Backend> {
+pub(crate) fn backend(key_type: KeyType) -> Option<Backend> {
     let raw = key_type.raw();
     if raw <= 0xff {
         // Qt routes every value up to 0xff to System V, the invalid type 0 included (its ftok
@@ -32,6 +34,15 @@ fn backend(key_type: KeyType) -> Option<Backend> {
     } else {
         None
     }
+}
+
+/// The segment a handle was attached to last, remembered by [`SharedMemory::remove`] after a
+/// detach.
+#[derive(Clone, Debug)]
+struct Previous {
+    identity: SegmentIdentity,
+    /// Whether its name had been removed when this handle let go (or this handle removed it).
+    name_removed: bool,
 }
 
 /// Holding the lock: how it was acquired.
@@ -78,6 +89,7 @@ pub struct SharedMemory {
     owner_died: bool,
     last_error: Option<Error>,
     fork_generation: u64,
+    previous: Option<Previous>,
 }
 
 impl Default for SharedMemory {
@@ -109,6 +121,7 @@ impl SharedMemory {
             owner_died: false,
             last_error: None,
             fork_generation: process::fork_generation(),
+            previous: None,
         }
     }
 
@@ -201,6 +214,7 @@ impl SharedMemory {
             let _ = self.detach();
         }
         self.key = key;
+        self.previous = None;
         Ok(())
     }
 
@@ -309,16 +323,23 @@ impl SharedMemory {
         match self.lock.take() {
             Some(LockPrimitive::Posix(sem)) => sem.clean_handle(),
             Some(LockPrimitive::SysV(sem)) if sem.owns_semaphore() => {
+                // Qt's rule: the object that created a semaphore removes it when it goes;
+                // everyone else re-creates it on demand. Without this, a Qt process that is
+                // the last user of a segment we created would leave our semaphore behind (Qt
+                // removes only semaphores it created). The key file stays while the segment
+                // exists: for new System V keys it is also the segment's key file.
                 if let Some(Backend::SysV { project_id }) = backend(self.lock_key.key_type()) {
-                    // Never waits: a busy lock means the semaphore is in use.
-                    if let Ok(Some(recovered)) =
-                        crate::lock::acquire_for_cleanup(&sem, Duration::ZERO)
-                    {
-                        if !segment::sysv_segment_exists(self.lock_key.native_key(), project_id) {
-                            sem.remove();
-                        }
-                        crate::lock::release_after_cleanup(&sem, recovered);
-                    }
+                    let segment_key = self.lock_key.native_key().to_owned();
+                    segment::run_under_sysv_lock(
+                        &sem,
+                        Box::new(move |sem| {
+                            if segment::sysv_segment_exists(&segment_key, project_id) {
+                                sem.remove_set();
+                            } else {
+                                sem.remove();
+                            }
+                        }),
+                    );
                 }
             }
             _ => {}
@@ -390,9 +411,9 @@ impl SharedMemory {
         Ok(found)
     }
 
-    /// Takes the lock for an internal operation (create/attach/detach) unless this handle, or
-    /// another handle on this thread, already holds it. Returns whether the operation must
-    /// release it afterwards.
+    /// Takes the lock for an internal operation (create/attach/detach) unless this thread
+    /// already holds it (through this handle or another). Returns the lock to release
+    /// afterwards, if it was taken here.
     fn lock_internally(
         &mut self,
         function: &str,
@@ -405,8 +426,9 @@ impl SharedMemory {
             return Ok(None);
         };
         if primitive.held_by_current_thread() {
-            // This thread holds the lock through another handle: the operation already runs
-            // inside the critical section (Qt would wait for itself forever here).
+            // This thread holds the lock through another handle: the operation is already
+            // exclusive (waiting would deadlock; Qt's does), as the last-detacher check of a
+            // System V attachment also assumes.
             return Ok(None);
         }
         match primitive.acquire(None, interrupt) {
@@ -583,31 +605,37 @@ impl SharedMemory {
                 "QSharedMemory::unlock: not locked",
             ));
         };
-        let Some(primitive) = self.lock.clone() else {
-            self.held = None;
-            return Err(self.record(Error::new(
-                ErrorKind::LockError,
-                "QSharedMemory::unlock: unable to unlock",
-            )));
-        };
-        if held.thread != process::thread_id() {
-            return Err(self.record(Error::with_errno(
+        let same_thread = held.thread == process::thread_id();
+        // The primitive is borrowed, not cloned: an Arc clone and drop are two atomic
+        // read-modify-writes, a noticeable share of an uncontended unlock.
+        match &self.lock {
+            None => {
+                self.held = None;
+                Err(self.record(Error::new(
+                    ErrorKind::LockError,
+                    "QSharedMemory::unlock: unable to unlock",
+                )))
+            }
+            Some(_) if !same_thread => Err(self.record(Error::with_errno(
                 ErrorKind::LockError,
                 "QSharedMemory::unlock: unable to unlock (locked by another thread)",
                 libc::EPERM,
-            )));
+            ))),
+            Some(primitive) => {
+                testpoint::step("unlock:begin");
+                let released = primitive.release(held.recovered);
+                self.held = None;
+                released
+                    .map(|()| testpoint::step("unlock:released"))
+                    .map_err(|e| {
+                        self.record(Error::with_errno(
+                            ErrorKind::LockError,
+                            "QSharedMemory::unlock: unable to unlock",
+                            e.0,
+                        ))
+                    })
+            }
         }
-        testpoint::step("unlock:begin");
-        self.held = None;
-        primitive.release(held.recovered).map_err(|e| {
-            self.record(Error::with_errno(
-                ErrorKind::LockError,
-                "QSharedMemory::unlock: unable to unlock",
-                e.0,
-            ))
-        })?;
-        testpoint::step("unlock:released");
-        Ok(())
     }
 
     pub(crate) fn locked_slice(&self) -> Option<&[u8]> {
@@ -773,8 +801,13 @@ impl SharedMemory {
                     }
                     Ok(PosixAttach::Foreign(att)) => {
                         let sem = self.open_qt_posix_semaphore().map_err(|e| self.record(e))?;
-                        self.drop_lock_primitive();
-                        self.lock = Some(LockPrimitive::Posix(sem));
+                        // Re-attaching keeps the semaphore this handle already has: dropping it
+                        // would unlink its name if this handle created it, and the next Qt
+                        // attacher would make a new one (two locks for one segment).
+                        if !self.is_current_posix_lock(&sem) {
+                            self.drop_lock_primitive();
+                            self.lock = Some(LockPrimitive::Posix(sem));
+                        }
                         self.attachment = Some(Arc::new(att));
                     }
                     Err(e) => return Err(self.record(e)),
@@ -814,11 +847,18 @@ impl SharedMemory {
     fn settle_foreign(&self) {
         if let Ok(sem) = self.open_qt_posix_semaphore() {
             segment::settle_foreign_size(&LockPrimitive::Posix(sem.clone()));
-            if !sem.owns_semaphore() {
+            // Only a semaphore opened just for this wait is cleaned up; the handle's own lock
+            // (kept from an earlier attachment) must keep its name.
+            if !sem.owns_semaphore() || self.is_current_posix_lock(&sem) {
                 return;
             }
             sem.clean_handle();
         }
+    }
+
+    /// Whether `sem` is the very semaphore this handle already uses as its lock.
+    fn is_current_posix_lock(&self, sem: &Arc<PosixSemaphore>) -> bool {
+        matches!(&self.lock, Some(LockPrimitive::Posix(current)) if Arc::ptr_eq(current, sem))
     }
 
     /// `QSharedMemory::detach()`: always lets go of the memory; buffers taken from it stay
@@ -846,6 +886,10 @@ impl SharedMemory {
         };
         testpoint::step("detach:begin");
         let lost = self.lost_memory_error("QSharedMemory::detach", ErrorKind::UnknownError);
+        self.previous = self.attachment.as_ref().map(|att| Previous {
+            identity: att.identity(),
+            name_removed: att.name_removed(),
+        });
         match kind {
             SegmentKind::SystemV => {
                 let was_held = self.held.take();
@@ -884,6 +928,150 @@ impl SharedMemory {
             Some(error) => Err(self.record(error)),
             None => Ok(()),
         }
+    }
+}
+
+impl SharedMemory {
+    /// Removes the segment's key now (`shm_unlink` for POSIX, `IPC_RMID` for System V): from
+    /// then on nobody can attach to it by key, and `create()` with the key makes a new segment.
+    /// Attachments, this handle's included, keep working; the memory is freed when the last of
+    /// them detaches, as always. Not in Qt; this is `multiprocessing.shared_memory`'s
+    /// `unlink()`.
+    ///
+    /// * Attached: removes the key of the attached segment, if it still has it.
+    /// * Detached: removes the key of the segment this handle was attached to last, if it
+    ///   still has it. If that segment is gone already because the last detach destroyed it
+    ///   (qsharedmem and System V segments), there is nothing left to remove: `Ok`. A key that
+    ///   meanwhile belongs to a new segment is never removed.
+    /// * Never attached (since its key was set): removes whatever segment has the key now.
+    ///
+    /// A qsharedmem POSIX segment records the removal in its control page, so that of several
+    /// concurrent removers exactly one succeeds. For System V the key file and the lock
+    /// semaphore stay until the last detach, which removes them (a new segment created with the
+    /// same key meanwhile shares them). A foreign POSIX segment (Qt, multiprocessing) is simply
+    /// unlinked, as `shm_unlink` would; Qt's semaphore for it is left alone.
+    ///
+    /// # Errors
+    /// `NotFound` if the key has no segment (or it was removed already), `PermissionDenied` if
+    /// the segment belongs to another user, `KeyError` for a bad key, `LockError` if the System
+    /// V lock could not be taken.
+    pub fn remove(&mut self) -> crate::Result<()> {
+        self.remove_with(&mut uninterrupted)
+    }
+
+    /// [`remove`](Self::remove) with an interrupt check for the wait on the lock (System V).
+    ///
+    /// # Errors
+    /// As [`remove`](Self::remove).
+    pub fn remove_with(&mut self, interrupt: &mut dyn FnMut() -> bool) -> crate::Result<()> {
+        self.refresh_after_fork();
+        let not_found = || Error::from_errno("QSharedMemory::remove", libc::ENOENT);
+        if let Some(att) = self.attachment.clone() {
+            let removed = match att.identity() {
+                SegmentIdentity::Posix {
+                    file_name, file, ..
+                } => segment::remove_posix_name(&file_name, Some(file))
+                    .map(|found| found == Removal::Removed),
+                SegmentIdentity::SysV { .. } => {
+                    let taken = self.lock_internally("QSharedMemory::remove", interrupt)?;
+                    let result = att.remove_sysv();
+                    Self::unlock_internally(taken);
+                    result
+                }
+            };
+            return match removed {
+                Ok(true) => {
+                    self.last_error = None;
+                    Ok(())
+                }
+                Ok(false) => Err(self.record(not_found())),
+                Err(e) => Err(self.record(e)),
+            };
+        }
+        let previous = self.previous.clone();
+        let found = match &previous {
+            Some(Previous {
+                identity:
+                    SegmentIdentity::Posix {
+                        file_name, file, ..
+                    },
+                ..
+            }) => segment::remove_posix_name(file_name, Some(*file)),
+            Some(Previous {
+                identity: SegmentIdentity::SysV { shmid },
+                ..
+            }) => self.remove_sysv_by_key(Some(*shmid), interrupt),
+            None => match self.init_key(false)? {
+                Backend::Posix => segment::posix_file_name(self.key.native_key())
+                    .and_then(|file_name| segment::remove_posix_name(&file_name, None)),
+                Backend::SysV { .. } => self.remove_sysv_by_key(None, interrupt),
+            },
+        };
+        let removed = match found {
+            Ok(Removal::Removed) => true,
+            // The segment went with its last detach (ours or another process's), and its name
+            // with it: that is what the caller asked for. Not so for a foreign segment (nobody
+            // but a remover takes its name away) or one whose name was removed already.
+            Ok(Removal::Missing) => previous.as_ref().is_some_and(|p| {
+                !p.name_removed
+                    && matches!(
+                        p.identity,
+                        SegmentIdentity::SysV { .. } | SegmentIdentity::Posix { ours: true, .. }
+                    )
+            }),
+            Ok(Removal::AlreadyRemoved) => false,
+            Err(e) => return Err(self.record(e)),
+        };
+        if !removed {
+            return Err(self.record(not_found()));
+        }
+        if let Some(previous) = &mut self.previous {
+            previous.name_removed = true;
+        }
+        self.last_error = None;
+        Ok(())
+    }
+
+    /// Removes the System V segment of the current key (only if it is the segment `expected`,
+    /// when given): attaches (read-only), removes, and detaches again, so that the
+    /// last-detacher rules clean up the key file and the lock.
+    fn remove_sysv_by_key(
+        &mut self,
+        expected: Option<i32>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> crate::Result<Removal> {
+        let previous = self.previous.take();
+        let found = match self.attach_with(AccessMode::ReadOnly, interrupt) {
+            Ok(()) => {
+                let found = match self.attachment.clone() {
+                    // The key belongs to another segment now: leave that one alone.
+                    Some(att) if expected.is_some_and(|id| att.sysv_id() != Some(id)) => {
+                        Ok(Removal::Missing)
+                    }
+                    Some(att) => self
+                        .lock_internally("QSharedMemory::remove", interrupt)
+                        .and_then(|taken| {
+                            let result = att.remove_sysv();
+                            Self::unlock_internally(taken);
+                            result
+                        })
+                        .map(|done| {
+                            if done {
+                                Removal::Removed
+                            } else {
+                                Removal::AlreadyRemoved
+                            }
+                        }),
+                    None => Ok(Removal::Missing),
+                };
+                let _ = self.detach_with(interrupt);
+                found
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Removal::Missing),
+            Err(e) => Err(e),
+        };
+        self.previous = previous;
+        found
     }
 }
 

@@ -6,7 +6,8 @@ Fixtures (all function-scoped):
   The value is an :class:`Impl`: ``QSharedMemory``, ``QNativeIpcKey``, ``name``, ``is_qt``,
   ``key_type(value_or_row)``, ``next_key_type(t)``. qsharedmem is imported lazily, inside the
   fixture. ``-k pyside6`` / ``-k qsharedmem`` select one implementation (also in modules whose
-  file name contains one of these words, see ``pytest_collection_modifyitems``).
+  file name contains one of these words, see ``pytest_collection_modifyitems``). Also
+  ``QSystemSemaphore``; its helper process is ``ACQUIRE_RELEASE`` (helpers/acquirerelease.py).
 * ``key_type`` — parametrized like Qt's ``addGlobalTestRows``: ``POSIX`` (PosixRealtime),
   ``SystemV-Q`` (SystemV, ftok id 0x51), ``SystemV-T`` (``Type(84)``), as the *impl's* enum member.
 * ``make_key`` — a :class:`KeyRegistry`: ``make_key("name")`` returns ``"tstshm_<pid>-<seq>_name"``
@@ -76,6 +77,7 @@ import pytest
 TESTS_DIR = Path(__file__).resolve().parent
 HELPERS_DIR = TESTS_DIR / "helpers"
 PRODUCER_CONSUMER = HELPERS_DIR / "producerconsumer.py"
+ACQUIRE_RELEASE = HELPERS_DIR / "acquirerelease.py"
 
 IMPLS = ("qsharedmem", "pyside6")
 
@@ -102,6 +104,7 @@ class Impl:
     name: str
     QSharedMemory: Any
     QNativeIpcKey: Any
+    QSystemSemaphore: Any = None
 
     @property
     def is_qt(self) -> bool:
@@ -127,11 +130,13 @@ def load_impl(name: str) -> Impl:
     if name == "pyside6":
         from PySide6 import QtCore
 
-        return Impl(name, QtCore.QSharedMemory, QtCore.QNativeIpcKey)
+        return Impl(name, QtCore.QSharedMemory, QtCore.QNativeIpcKey, QtCore.QSystemSemaphore)
     if name == "qsharedmem":
         import qsharedmem
 
-        return Impl(name, qsharedmem.QSharedMemory, qsharedmem.QNativeIpcKey)
+        return Impl(
+            name, qsharedmem.QSharedMemory, qsharedmem.QNativeIpcKey, qsharedmem.QSystemSemaphore
+        )
     raise ValueError(f"unknown implementation {name!r}")
 
 
@@ -189,6 +194,34 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(params=list(KEY_TYPES))
 def key_type(request: pytest.FixtureRequest, impl: Impl) -> Any:
     return impl.key_type(request.param)
+
+
+# --------------------------------------------------------------------------------------------
+# Permission tests: root makes a 0600 object, a child interpreter that dropped to NOBODY (after
+# its imports: the interpreter lives under /root) tries to use it.
+
+NOBODY = 65534
+
+# label: (key type, legacy); new System V keys get an absolute path in /tmp
+PERMISSION_KEYS: dict[str, tuple[int, bool]] = {
+    "POSIX": (POSIX_TYPE, False),
+    "legacy POSIX": (POSIX_TYPE, True),
+    "legacy SystemV-Q": (SYSV_TYPE, True),
+    "legacy SystemV-T": (ord("T"), True),
+    "new SystemV-Q in /tmp": (SYSV_TYPE, False),
+    "new SystemV-T in /tmp": (ord("T"), False),
+}
+
+
+def permission_test_key(ipc_class: Any, impl: Impl, keys: KeyRegistry, label: str) -> Any:
+    """The key of a ``PERMISSION_KEYS`` row for ``ipc_class`` (QSharedMemory/QSystemSemaphore)."""
+    typ, legacy = PERMISSION_KEYS[label]
+    if legacy:
+        return ipc_class.legacyNativeKey(keys("perm"), impl.key_type(typ))
+    if typ == POSIX_TYPE:
+        return ipc_class.platformSafeKey(keys("perm"), impl.key_type(typ))
+    # an absolute path: /tmp is searchable by everybody (the runtime dir is 0700)
+    return keys.record(ipc_class.platformSafeKey(f"/tmp/{keys('perm')}", impl.key_type(typ)))
 
 
 # --------------------------------------------------------------------------------------------

@@ -228,3 +228,234 @@ fn handles_and_keys_are_send_and_sync_guards_stay_on_their_thread() {
     send_sync::<qsharedmem::Error>();
     // LockGuard is !Send: checked by the compile-fail doctest on `LockGuard`.
 }
+
+/// Writes `bytes` at the start of the segment, under the lock.
+fn put(shm: &mut SharedMemory, bytes: &[u8]) {
+    shm.lock().unwrap().as_mut_slice().unwrap()[..bytes.len()].copy_from_slice(bytes);
+}
+
+/// The first `n` bytes of the segment, read under the lock.
+fn get(shm: &mut SharedMemory, n: usize) -> Vec<u8> {
+    shm.lock().unwrap().as_slice().unwrap()[..n].to_vec()
+}
+
+#[test]
+fn remove_takes_the_name_now_and_attachments_keep_working() {
+    for key_type in TYPES {
+        let key = unique_key("remove", key_type);
+        let mut creator = SharedMemory::with_key(key.clone());
+        creator.create(100, AccessMode::ReadWrite).unwrap();
+        put(&mut creator, b"abc");
+        let mut reader = SharedMemory::with_key(key.clone());
+        reader.attach(AccessMode::ReadOnly).unwrap();
+
+        creator
+            .remove()
+            .unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+        assert!(creator.error().is_none());
+        if key_type.is_posix() {
+            assert!(!leftovers(&key), "the name is gone at once");
+        }
+        let mut late = SharedMemory::with_key(key.clone());
+        assert_eq!(
+            late.attach(AccessMode::ReadWrite).unwrap_err().kind(),
+            ErrorKind::NotFound,
+            "{key_type:?}: nobody can attach by key any more"
+        );
+        // Both attachments still share the memory.
+        put(&mut creator, b"xyz");
+        assert_eq!(get(&mut reader, 3), b"xyz", "{key_type:?}");
+
+        // A second removal of the same segment, from any handle, is NotFound.
+        let e = reader.remove().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{key_type:?}");
+        assert_eq!(e.message(), "QSharedMemory::remove: doesn't exist");
+        assert_eq!(reader.error().unwrap().kind(), ErrorKind::NotFound);
+
+        // The key is free for a new segment, which the old handles never touch.
+        let mut successor = SharedMemory::with_key(key.clone());
+        successor.create(10, AccessMode::ReadWrite).unwrap();
+        put(&mut successor, b"new");
+        assert_eq!(
+            get(&mut reader, 3),
+            b"xyz",
+            "{key_type:?}: still the old segment"
+        );
+        creator.detach().unwrap();
+        reader.detach().unwrap();
+        assert_eq!(
+            creator.remove().unwrap_err().kind(),
+            ErrorKind::NotFound,
+            "{key_type:?}: its segment was removed already"
+        );
+        let mut check = SharedMemory::with_key(key.clone());
+        check.attach(AccessMode::ReadOnly).unwrap();
+        assert_eq!(get(&mut check, 3), b"new", "{key_type:?}");
+        drop(check);
+        drop(successor);
+        assert!(!leftovers(&key), "{key_type:?}: the last detach cleans up");
+    }
+}
+
+#[test]
+fn a_removed_segment_is_cleaned_up_by_its_last_detach() {
+    for key_type in TYPES {
+        let key = unique_key("remove-last", key_type);
+        let mut creator = SharedMemory::with_key(key.clone());
+        creator.create(100, AccessMode::ReadWrite).unwrap();
+        let mut other = SharedMemory::with_key(key.clone());
+        other.attach(AccessMode::ReadWrite).unwrap();
+        other.remove().unwrap();
+        creator.detach().unwrap();
+        assert_eq!(get(&mut other, 1), [0]);
+        other.detach().unwrap();
+        assert!(
+            !leftovers(&key),
+            "{key_type:?}: no key file, no segment, no lock left"
+        );
+        // Removing once more, attached or not, is NotFound.
+        assert_eq!(other.remove().unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(creator.remove().unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}
+
+#[test]
+fn remove_after_the_last_detach_has_nothing_left_to_do() {
+    for key_type in TYPES {
+        let key = unique_key("close-unlink", key_type);
+        let mut shm = SharedMemory::with_key(key.clone());
+        shm.create(10, AccessMode::ReadWrite).unwrap();
+        shm.detach().unwrap();
+        assert!(!leftovers(&key));
+        // multiprocessing's `close(); unlink()`: the close destroyed the segment already.
+        shm.remove().unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+        // ... and a second unlink() is an error, as in multiprocessing.
+        assert_eq!(shm.remove().unwrap_err().kind(), ErrorKind::NotFound);
+        assert!(!leftovers(&key), "{key_type:?}");
+    }
+}
+
+#[test]
+fn remove_by_key_without_attaching() {
+    for key_type in TYPES {
+        let key = unique_key("remove-by-key", key_type);
+        let mut never = SharedMemory::with_key(key.clone());
+        let e = never.remove().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{key_type:?}");
+        assert!(
+            !leftovers(&key),
+            "{key_type:?}: a failed remove leaves nothing"
+        );
+
+        let mut creator = SharedMemory::with_key(key.clone());
+        creator.create(10, AccessMode::ReadWrite).unwrap();
+        let mut remover = SharedMemory::with_key(key.clone());
+        remover
+            .remove()
+            .unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+        assert!(!remover.is_attached());
+        assert_eq!(
+            SharedMemory::with_key(key.clone())
+                .attach(AccessMode::ReadOnly)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
+        assert_eq!(remover.remove().unwrap_err().kind(), ErrorKind::NotFound);
+        put(&mut creator, b"still");
+        drop(creator);
+        assert!(!leftovers(&key), "{key_type:?}");
+    }
+}
+
+#[test]
+fn remove_unlinks_a_foreign_posix_segment() {
+    let key = unique_key("foreign", KeyType::POSIX_REALTIME);
+    let path = Path::new("/dev/shm").join(key.native_key().trim_start_matches('/'));
+    std::fs::write(&path, [7u8; 100]).unwrap();
+    let mut shm = SharedMemory::with_key(key.clone());
+    shm.attach(AccessMode::ReadWrite).unwrap();
+    assert_eq!(shm.size(), 100, "a foreign segment's size is its file size");
+    shm.detach().unwrap();
+    assert!(path.exists(), "detach never unlinks a foreign segment");
+    shm.remove().unwrap();
+    assert!(!path.exists());
+    assert_eq!(
+        shm.remove().unwrap_err().kind(),
+        ErrorKind::NotFound,
+        "nothing destroyed a foreign segment but this remove()"
+    );
+
+    std::fs::write(&path, [1u8; 10]).unwrap();
+    let mut attached = SharedMemory::with_key(key.clone());
+    attached.attach(AccessMode::ReadOnly).unwrap();
+    attached.remove().unwrap();
+    assert!(!path.exists());
+    assert_eq!(
+        get(&mut attached, 2),
+        [1, 1],
+        "the mapping outlives the name"
+    );
+    drop(attached);
+    drop(shm);
+    let sem =
+        Path::new("/dev/shm").join(format!("sem.{}", key.native_key().trim_start_matches('/')));
+    assert!(
+        !sem.exists(),
+        "Qt's lock semaphore for the key is cleaned up"
+    );
+}
+
+#[test]
+fn concurrent_removes_of_one_segment_unlink_exactly_once() {
+    for round in 0..20 {
+        let key = unique_key("race", KeyType::POSIX_REALTIME);
+        let mut creator = SharedMemory::with_key(key.clone());
+        creator.create(10, AccessMode::ReadWrite).unwrap();
+        let barrier = std::sync::Barrier::new(3);
+        let outcomes: Vec<bool> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..3)
+                .map(|_| {
+                    let key = key.clone();
+                    let barrier = &barrier;
+                    scope.spawn(move || {
+                        let mut shm = SharedMemory::with_key(key);
+                        shm.attach(AccessMode::ReadWrite).unwrap();
+                        barrier.wait();
+                        shm.remove().is_ok()
+                    })
+                })
+                .collect();
+            racers.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        assert_eq!(
+            outcomes.iter().filter(|ok| **ok).count(),
+            1,
+            "round {round}: {outcomes:?}"
+        );
+        drop(creator);
+        assert!(!leftovers(&key));
+    }
+}
+
+#[test]
+fn a_read_only_creator_is_counted_like_everyone_else() {
+    // Its lock used to sit on the description its control page is mapped from, which outlived
+    // the attachment and made its own last detach fail to see itself as the last.
+    for key_type in TYPES {
+        let key = unique_key("ro-creator", key_type);
+        let mut creator = SharedMemory::with_key(key.clone());
+        creator.create(10, AccessMode::ReadOnly).unwrap();
+        let mut writer = SharedMemory::with_key(key.clone());
+        writer.attach(AccessMode::ReadWrite).unwrap();
+        put(&mut writer, b"w");
+        writer.detach().unwrap();
+        assert!(leftovers(&key), "{key_type:?}: the creator still holds it");
+        assert_eq!(get(&mut creator, 1), b"w");
+        creator.detach().unwrap();
+        assert!(
+            !leftovers(&key),
+            "{key_type:?}: the last detach destroys it"
+        );
+    }
+}

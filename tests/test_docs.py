@@ -18,7 +18,7 @@ def python_blocks(markdown: Path) -> list[str]:
 
 
 def test_readme_python_quick_start_runs(make_key):
-    (block,) = python_blocks(ROOT / "README.md")
+    block = python_blocks(ROOT / "README.md")[0]
     # A unique key for this run instead of the README's fixed one.
     code = block.replace('"sensor-frame"', repr(make_key("readme")))
     assert '"sensor-frame"' not in code
@@ -34,3 +34,17 @@ def test_package_docstring_example(make_key):
     failures, _ = doctest.testmod(qsharedmem, raise_on_error=False, verbose=False)
     assert failures == 0
     assert not Path("/dev/shm/doctest-demo").exists()
+
+
+def test_readme_multiprocessing_example_runs():
+    block = python_blocks(ROOT / "README.md")[1]
+    code = block + "\nprint(shm.name)\n"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    name = result.stdout.strip()
+    assert name.startswith("psm_")  # as CPython reports it: without the leading slash
+    # Random name, removed by the last close (the with block).
+    assert not Path("/dev/shm", name).exists()

@@ -28,17 +28,19 @@ from typing import Any
 import pytest
 from conftest import (
     KEY_TYPES,
+    NOBODY,
+    PERMISSION_KEYS,
     POSIX_TYPE,
     WINDOWS_TYPE,
     ChildProcesses,
     Impl,
     KeyRegistry,
     load_impl,
+    permission_test_key,
     type_value,
 )
 
 INIT = "QSharedMemoryPrivate::initKey: unable to set key on lock "
-NOBODY = 65534
 
 Observation = list[Any]
 Runner = Callable[[Impl, KeyRegistry, ChildProcesses], Observation]
@@ -318,19 +320,9 @@ ok = sm.attach() if op == "attach" else sm.create(1024)
 print(json.dumps([os.geteuid(), ok, sm.error().name, sm.errorString(), sm.isAttached()]))
 """
 
-PERMISSION_KEYS = {
-    # label: (key type, legacy); new System V keys get an absolute path in /tmp
-    "POSIX": (POSIX_TYPE, False),
-    "legacy POSIX": (POSIX_TYPE, True),
-    "legacy SystemV-Q": (0x51, True),
-    "legacy SystemV-T": (ord("T"), True),
-    "new SystemV-Q in /tmp": (0x51, False),
-    "new SystemV-T in /tmp": (ord("T"), False),
-}
-
 
 def _permission(label: str, op: str) -> None:
-    typ, legacy = PERMISSION_KEYS[label]
+    typ, _ = PERMISSION_KEYS[label]
     if op == "create" and is_posix(typ):
         text = INIT + "(QSystemSemaphore::handle (sem_unlink): permission denied)"
     else:
@@ -342,13 +334,7 @@ def _permission(label: str, op: str) -> None:
     )
     def run(impl, keys, procs):
         S = impl.QSharedMemory
-        if legacy:
-            key = S.legacyNativeKey(keys("perm"), impl.key_type(typ))
-        elif is_posix(typ):
-            key = S.platformSafeKey(keys("perm"), impl.key_type(typ))
-        else:
-            # an absolute path: /tmp is searchable by everybody (the runtime dir is 0700)
-            key = keys.record(S.platformSafeKey(f"/tmp/{keys('perm')}", impl.key_type(typ)))
+        key = permission_test_key(S, impl, keys, label)
         owner = S(key)
         assert owner.create(1024), owner.errorString()
         result = procs.run_python(PERMISSION_CHILD, impl.name, op, key.toString(), str(NOBODY))

@@ -6,6 +6,9 @@ segment (also after crashes), a crashed lock holder does not block everyone, ``l
 timeout and never freezes other Python threads, and ``data()`` is a ``memoryview`` that cannot
 crash the interpreter (read-only for ``ReadOnly`` attachments, valid after ``detach()``).
 
+``SharedMemory`` is a drop-in for ``multiprocessing.shared_memory.SharedMemory`` on the same
+core, without its resource tracker: see ``docs/multiprocessing.md``.
+
 >>> from qsharedmem import QSharedMemory
 >>> shm = QSharedMemory(QSharedMemory.platformSafeKey("doctest-demo"))
 >>> shm.create(16)
@@ -36,7 +39,8 @@ from ._errors import (
     PermissionDeniedError,
     SharedMemoryError,
 )
-from ._qsharedmem import QNativeIpcKey, QSharedMemory, __version__
+from ._qsharedmem import QNativeIpcKey, QSharedMemory, QSystemSemaphore, __version__
+from .shared_memory import SharedMemory
 
 __all__ = [
     "AlreadyExistsError",
@@ -49,19 +53,51 @@ __all__ = [
     "PermissionDeniedError",
     "QNativeIpcKey",
     "QSharedMemory",
+    "QSystemSemaphore",
+    "SharedMemory",
     "SharedMemoryError",
     "__version__",
 ]
 
 
+class _AfterForkToken:
+    """What multiprocessing's after-fork registry holds (weakly) for our callback."""
+
+
+_AFTER_FORK_TOKEN = _AfterForkToken()
+_registered_after_fork = False
+
+
+def _finalize_with_multiprocessing(_token: object = None) -> None:
+    """Runs the exit check from multiprocessing's finalizers as well as from atexit.
+
+    multiprocessing's children started by fork and forkserver (Pool and ProcessPoolExecutor
+    workers too) leave through ``os._exit``, which skips atexit; its own finalizers do run. But a
+    child clears the finalizers it inherited when it starts (``Process._bootstrap``), and only
+    then runs the callbacks of ``multiprocessing.util.register_after_fork``: so the finalizer is
+    registered now (for a process that is running already) and again from that callback (for a
+    child that is about to start, whether it inherited us through fork or imported us while
+    unpickling its target, as forkserver children do).
+    """
+    global _registered_after_fork
+    mp_util = _sys.modules.get("multiprocessing.util")
+    if mp_util is None:
+        return
+    mp_util.Finalize(None, _qsharedmem._release_at_exit, exitpriority=0)
+    if not _registered_after_fork:
+        _registered_after_fork = True
+        mp_util.register_after_fork(_AFTER_FORK_TOKEN, _finalize_with_multiprocessing)
+
+
 def _after_fork_in_child() -> None:
     _qsharedmem._after_fork_in_child()
-    # multiprocessing's forked children leave through os._exit, which skips atexit; its own
-    # finalizers do run, so the exit check is registered there too.
-    mp_util = _sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        mp_util.Finalize(None, _qsharedmem._release_at_exit, exitpriority=0)
+    _finalize_with_multiprocessing()
 
 
-_os.register_at_fork(after_in_child=_after_fork_in_child)
+_os.register_at_fork(
+    before=_qsharedmem._before_fork,
+    after_in_parent=_qsharedmem._after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
 _atexit.register(_qsharedmem._release_at_exit)
+_finalize_with_multiprocessing()

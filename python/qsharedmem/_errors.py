@@ -15,6 +15,7 @@ derives from the builtin a Python programmer would catch for that failure (``Fil
 from __future__ import annotations
 
 from ._enums import SharedMemoryError as _QtError
+from ._enums import SystemSemaphoreError as _QtSemaphoreError
 
 __all__ = [
     "AlreadyExistsError",
@@ -32,7 +33,7 @@ __all__ = [
 class SharedMemoryError(OSError):
     """Base class of every qsharedmem error."""
 
-    qt_error: _QtError = _QtError.UnknownError
+    qt_error: _QtError | _QtSemaphoreError = _QtError.UnknownError
 
     def __init__(self, errno: int | None, strerror: str, qt_error: int | None = None) -> None:
         super().__init__(errno, strerror)
@@ -108,3 +109,17 @@ def error_for(qt_error: int, message: str, errno: int | None = None) -> SharedMe
         return LockTimeoutError(errno, message, qt_error)
     cls = _BY_QT_ERROR.get(qt_error, SharedMemoryError)
     return cls(errno, message, qt_error)
+
+
+def semaphore_error_for(qt_error: int, message: str, errno: int | None = None) -> SharedMemoryError:
+    """The exception for a ``QSystemSemaphore`` error code and text (used by the extension).
+
+    The class is the one of the ``QSharedMemory`` error of the same name (``KeyError`` →
+    :class:`InvalidKeyError`, ...); ``qt_error`` is the ``QSystemSemaphore.SystemSemaphoreError``
+    member.
+    """
+    member = _QtSemaphoreError(qt_error)
+    cls = _BY_QT_ERROR.get(_QtError.__members__.get(member.name, _QtError.UnknownError))
+    exception = (cls or SharedMemoryError)(errno, message)
+    exception.qt_error = member
+    return exception

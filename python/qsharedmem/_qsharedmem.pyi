@@ -7,10 +7,13 @@ from typing import Any, ClassVar, Generic, Literal, SupportsIndex, TypeVar
 from ._enums import AccessMode as _AccessMode
 from ._enums import KeyType as _KeyType
 from ._enums import SharedMemoryError as _SharedMemoryError
+from ._enums import SystemSemaphoreAccessMode as _SemAccessMode
+from ._enums import SystemSemaphoreError as _SystemSemaphoreError
 
 __version__: str
 
 _Self = TypeVar("_Self", bound="QSharedMemory")
+_SemSelf = TypeVar("_SemSelf", bound="QSystemSemaphore")
 _S = TypeVar("_S")
 
 class QNativeIpcKey:
@@ -79,6 +82,11 @@ class QSharedMemory:
         The GIL is released while waiting and Ctrl-C works. False + LockError on timeout.
         """
     def unlock(self) -> bool: ...
+    def remove(self) -> bool:
+        """Remove the segment's key now (multiprocessing's ``unlink()``); attachments keep
+        working and the last detach frees the memory. False + ``error()`` if nothing was
+        removed (``NotFound``: no segment, or removed already)."""
+    def _exception(self) -> Exception | None: ...
     def lockOwnerDied(self) -> bool:
         """True if the last successful lock() found the previous holder dead."""
     def error(self) -> _SharedMemoryError: ...
@@ -106,9 +114,77 @@ class QSharedMemory:
     def locked(self: _Self, timeout: float | None = None) -> _LockedContext[_Self]: ...
     def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]: ...
 
+class QSystemSemaphore:
+    """``QSystemSemaphore``: a counting semaphore shared between processes by key, Qt 6's API.
+
+    Extras over Qt: ``acquire(timeout=None)`` (GIL released, Ctrl-C works), ``with sem:``
+    (acquire, release on exit).
+    """
+
+    AccessMode: ClassVar[type[_SemAccessMode]]
+    SystemSemaphoreError: ClassVar[type[_SystemSemaphoreError]]
+    Open: ClassVar[_SemAccessMode]
+    Create: ClassVar[_SemAccessMode]
+    NoError: ClassVar[_SystemSemaphoreError]
+    PermissionDenied: ClassVar[_SystemSemaphoreError]
+    KeyError: ClassVar[_SystemSemaphoreError]
+    AlreadyExists: ClassVar[_SystemSemaphoreError]
+    NotFound: ClassVar[_SystemSemaphoreError]
+    OutOfResources: ClassVar[_SystemSemaphoreError]
+    UnknownError: ClassVar[_SystemSemaphoreError]
+
+    def __init__(
+        self,
+        key: QNativeIpcKey | str | None,
+        /,
+        initialValue: SupportsIndex | None = 0,
+        mode: _SemAccessMode | int | None = ...,
+    ) -> None: ...
+    def acquire(self, timeout: float | None = None) -> bool:
+        """Take a token, waiting at most ``timeout`` seconds (None: forever).
+
+        The GIL is released while waiting and Ctrl-C works. False on timeout (NoError) or
+        when the semaphore is unusable (error() says why).
+        """
+    def release(self, n: SupportsIndex = 1) -> bool: ...
+    def error(self) -> _SystemSemaphoreError: ...
+    def errorString(self) -> str: ...
+    def key(self) -> str: ...
+    def setKey(
+        self,
+        key: str | None,
+        /,
+        initialValue: SupportsIndex | None = 0,
+        mode: _SemAccessMode | int | None = ...,
+    ) -> None: ...
+    def nativeIpcKey(self) -> QNativeIpcKey: ...
+    def setNativeKey(
+        self,
+        key: QNativeIpcKey | str | None,
+        /,
+        initialValue: SupportsIndex | None = 0,
+        mode: _SemAccessMode | int | None = ...,
+        type: _KeyType | int | None = None,
+    ) -> None: ...
+    @staticmethod
+    def platformSafeKey(key: str, /, type: _KeyType | int | None = None) -> QNativeIpcKey: ...
+    @staticmethod
+    def legacyNativeKey(key: str, /, type: _KeyType | int | None = None) -> QNativeIpcKey: ...
+    @staticmethod
+    def isKeyTypeSupported(type: _KeyType | int, /) -> bool: ...
+    def __enter__(self: _SemSelf) -> _SemSelf: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]: ...
+
 class _LockedContext(Generic[_S]):
     def __enter__(self) -> _S: ...
     def __exit__(self, *exc: object) -> Literal[False]: ...
 
+def _before_fork() -> None: ...
+def _after_fork_in_parent() -> None: ...
 def _after_fork_in_child() -> None: ...
 def _release_at_exit() -> None: ...

@@ -4,7 +4,7 @@
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyString, PyType};
 
 use crate::key::KeyType;
 
@@ -18,8 +18,9 @@ fn enum_class<'py>(
 }
 
 macro_rules! enum_class_fn {
-    ($fn_name:ident, $py_name:literal) => {
+    ($(#[$attr:meta])* $fn_name:ident, $py_name:literal) => {
         /// The Python enum class of the same name in `qsharedmem._enums`.
+        $(#[$attr])*
         pub(crate) fn $fn_name(py: Python<'_>) -> PyResult<Bound<'_, PyType>> {
             static CELL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
             enum_class(py, &CELL, $py_name)
@@ -30,8 +31,31 @@ macro_rules! enum_class_fn {
 enum_class_fn!(key_type_class, "KeyType");
 enum_class_fn!(access_mode_class, "AccessMode");
 enum_class_fn!(shared_memory_error_class, "SharedMemoryError");
-enum_class_fn!(semaphore_access_mode_class, "SystemSemaphoreAccessMode");
-enum_class_fn!(semaphore_error_class, "SystemSemaphoreError");
+enum_class_fn!(
+    #[allow(dead_code, reason = "for QSystemSemaphore, not bound yet")]
+    semaphore_access_mode_class,
+    "SystemSemaphoreAccessMode"
+);
+enum_class_fn!(
+    #[allow(dead_code, reason = "for QSystemSemaphore, not bound yet")]
+    semaphore_error_class,
+    "SystemSemaphoreError"
+);
+
+/// Makes every member of `enum_classes` an attribute of `class` as well (`QSharedMemory.ReadOnly`
+/// next to `QSharedMemory.AccessMode.ReadOnly`), as in PySide6.
+pub(crate) fn expose_members<'py>(
+    class: &Bound<'py, PyType>,
+    enum_classes: impl IntoIterator<Item = Bound<'py, PyType>>,
+) -> PyResult<()> {
+    for enum_class in enum_classes {
+        for member in enum_class.try_iter()? {
+            let member = member?;
+            class.setattr(member.getattr("name")?.cast::<PyString>()?, member)?;
+        }
+    }
+    Ok(())
+}
 
 /// The member of `class` with integer value `value`.
 pub(crate) fn member<'py>(class: &Bound<'py, PyType>, value: u32) -> PyResult<Bound<'py, PyAny>> {
@@ -45,10 +69,29 @@ pub(crate) fn key_type_to_py(py: Python<'_>, key_type: KeyType) -> PyResult<Boun
 
 /// A key type from a `QNativeIpcKey.Type` member or a plain integer 0..=0xffff.
 pub(crate) fn key_type_from_py(obj: &Bound<'_, PyAny>) -> PyResult<KeyType> {
-    let raw = int_value(obj, "QNativeIpcKey.Type")?;
+    let raw = enum_value(obj, &key_type_class(obj.py())?, "QNativeIpcKey.Type")?;
     u16::try_from(raw)
         .map(KeyType::from_raw)
         .map_err(|_| PyValueError::new_err(format!("{raw} is not a valid QNativeIpcKey.Type")))
+}
+
+/// The integer value of a member of `class` or of a plain `int`. A member of another enum is a
+/// `TypeError` (as in PySide6), not its integer value: `create(10, QNativeIpcKey.Type.SystemV)`
+/// is a mistake, not access mode 81.
+pub(crate) fn enum_value(
+    obj: &Bound<'_, PyAny>,
+    class: &Bound<'_, PyType>,
+    what: &str,
+) -> PyResult<i64> {
+    static ENUM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+    let enum_base = ENUM.import(obj.py(), "enum", "Enum")?;
+    if obj.is_instance(enum_base)? && !obj.is_instance(class)? {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "expected {what}, got {}",
+            obj.get_type().qualname()?
+        )));
+    }
+    int_value(obj, what)
 }
 
 /// The integer value of an enum member or `int` (not `bool`, not `float`).

@@ -7,8 +7,10 @@ use pyo3::prelude::*;
 mod buffer;
 mod enums;
 mod errors;
+mod inspect;
 mod key;
 mod shared_memory;
+mod system_semaphore;
 
 /// The extension module `qsharedmem._qsharedmem`.
 #[pymodule]
@@ -17,5 +19,7 @@ fn qsharedmem_extension(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     key::register(m)?;
     shared_memory::register(m)?;
+    system_semaphore::register(m)?;
+    inspect::register(m)?;
     Ok(())
 }

@@ -8,19 +8,20 @@
 //! * the handle's state mutex is never waited for with the GIL held (a thread that finds it
 //!   busy waits detached), so a thread blocked in `lock()` can always get the GIL back.
 
-use std::sync::{Mutex, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyMemoryView, PyString, PyTuple, PyType};
 
 use super::buffer::SegmentBuffer;
 use super::enums::{self, int_value, key_type_from_py, member};
 use super::errors::to_py_err;
 use super::key::{extract_key, PyNativeIpcKey};
 use crate::key::KeyType;
-use crate::segment::AccessMode;
+use crate::segment::{AccessMode, Attachment};
 use crate::{NativeIpcKey, SharedMemory};
 
 /// `QSharedMemory`: a shared memory segment by key, with Qt 6's API and semantics.
@@ -32,12 +33,69 @@ use crate::{NativeIpcKey, SharedMemory};
     weakref
 )]
 pub(crate) struct PySharedMemory {
-    inner: Mutex<SharedMemory>,
+    inner: Mutex<State>,
 }
 
-/// Converts an `AccessMode` member or 0/1.
+/// What the handle's mutex protects.
+#[derive(Default)]
+struct State {
+    shm: SharedMemory,
+    /// The views `data()` and `constData()` hand out views of.
+    views: CachedViews,
+}
+
+/// A memoryview of the current attachment for `data()` and one for `constData()`, made on
+/// first use. Every call returns a new view of one of them: CPython makes that with one
+/// allocation (the new view shares the base's managed buffer, which holds the exporter and
+/// with it the attachment), instead of an exporter, a managed buffer and a view.
+///
+/// A cached view holds its attachment, so it is dropped before anything that may detach (and
+/// checked after): the core's detach must remain the last reference, as without the cache.
+/// Python objects are made and dropped only outside the mutex, because that may run Python
+/// code (a finalizer) that uses this handle.
+#[derive(Default)]
+struct CachedViews {
+    data: Option<CachedView>,
+    const_data: Option<CachedView>,
+}
+
+struct CachedView {
+    /// `Arc::as_ptr` of the attachment the view shows; the view keeps that attachment alive,
+    /// so the address cannot be reused while the view is cached.
+    attachment: usize,
+    view: Py<PyMemoryView>,
+}
+
+impl CachedViews {
+    fn slot(&mut self, read_only: bool) -> &mut Option<CachedView> {
+        if read_only {
+            &mut self.const_data
+        } else {
+            &mut self.data
+        }
+    }
+
+    /// Takes the views out if they show another attachment than `current`.
+    fn take_stale(&mut self, current: Option<&Arc<Attachment>>) -> CachedViews {
+        let current = current.map_or(0, |att| Arc::as_ptr(att) as usize);
+        let mut stale = CachedViews::default();
+        for read_only in [false, true] {
+            let slot = self.slot(read_only);
+            if slot.as_ref().is_some_and(|c| c.attachment != current) {
+                *stale.slot(read_only) = slot.take();
+            }
+        }
+        stale
+    }
+}
+
+/// Converts an `AccessMode` member or 0/1 (a member of another enum is a `TypeError`).
 pub(crate) fn access_mode(obj: &Bound<'_, PyAny>) -> PyResult<AccessMode> {
-    match int_value(obj, "QSharedMemory.AccessMode")? {
+    match enums::enum_value(
+        obj,
+        &enums::access_mode_class(obj.py())?,
+        "QSharedMemory.AccessMode",
+    )? {
         0 => Ok(AccessMode::ReadOnly),
         1 => Ok(AccessMode::ReadWrite),
         other => Err(PyValueError::new_err(format!(
@@ -91,12 +149,13 @@ fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
 }
 
 /// The key argument of the constructor and `setNativeKey`: a `QNativeIpcKey`, or a string.
-enum KeyArg {
+pub(crate) enum KeyArg {
     Native(NativeIpcKey),
     Text(String),
 }
 
-fn key_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyArg> {
+/// Converts a key argument; any other type is a `TypeError`.
+pub(crate) fn key_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyArg> {
     if let Some(key) = extract_key(obj)? {
         return Ok(KeyArg::Native(key));
     }
@@ -109,12 +168,47 @@ fn key_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyArg> {
     )))
 }
 
+/// Runs `f`, which may wait, detached from the interpreter, handing it an interrupt check that
+/// runs Python's signal handlers (the core calls it between wait slices); if a handler raised
+/// (KeyboardInterrupt), the check returns true and that exception is the result.
+pub(crate) fn detached_interruptible<R: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&mut dyn FnMut() -> bool) -> R + Send,
+) -> PyResult<R> {
+    let (result, pending) = py.detach(|| {
+        let mut pending: Option<PyErr> = None;
+        let mut interrupt = || {
+            Python::attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    pending = Some(e);
+                    true
+                }
+            })
+        };
+        let result = f(&mut interrupt);
+        (result, pending)
+    });
+    match pending {
+        Some(e) => Err(e),
+        None => Ok(result),
+    }
+}
+
 impl PySharedMemory {
     /// Runs `f` on the core handle. Never waits for the handle's mutex with the GIL held.
     fn with_state<R: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut SharedMemory) -> R + Send,
+    ) -> R {
+        self.with_full_state(py, |state| f(&mut state.shm))
+    }
+
+    fn with_full_state<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut State) -> R + Send,
     ) -> R {
         match self.inner.try_lock() {
             Ok(mut state) => f(&mut state),
@@ -125,32 +219,96 @@ impl PySharedMemory {
         }
     }
 
+    /// The state if the mutex is free right now (the GIL is held: never wait for it here).
+    fn try_state(&self) -> Option<MutexGuard<'_, State>> {
+        match self.inner.try_lock() {
+            Ok(state) => Some(state),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// `data()` (`read_only` false) and `constData()`: a new view of the cached view of the
+    /// current attachment, making that on first use (see [`CachedViews`]).
+    fn view<'py>(&self, py: Python<'py>, read_only: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Some(mut state) = self.try_state() else {
+            // Busy (another thread waits in lock() or attach()): an uncached view.
+            return match self.with_state(py, |s| s.attachment().cloned()) {
+                Some(att) => Ok(Some(
+                    SegmentBuffer::memoryview(py, att, read_only)?.into_any(),
+                )),
+                None => Ok(None),
+            };
+        };
+        let Some(att) = state.shm.attachment().cloned() else {
+            return Ok(None);
+        };
+        let key = Arc::as_ptr(&att) as usize;
+        if let Some(cached) = state.views.slot(read_only).as_ref() {
+            if cached.attachment == key {
+                let base = cached.view.clone_ref(py);
+                drop(state);
+                return Ok(Some(PyMemoryView::from(base.bind(py).as_any())?.into_any()));
+            }
+        }
+        drop(state);
+        let base = SegmentBuffer::memoryview(py, att, read_only)?;
+        let view = PyMemoryView::from(base.as_any())?.into_any();
+        let replaced = self.try_state().and_then(|mut state| {
+            let current = state.shm.attachment().map(|a| Arc::as_ptr(a) as usize);
+            (current == Some(key)).then(|| {
+                state.views.slot(read_only).replace(CachedView {
+                    attachment: key,
+                    view: base.unbind(),
+                })
+            })
+        });
+        drop(replaced); // outside the mutex
+        Ok(Some(view))
+    }
+
+    /// Drops the cached views, before an operation that may detach.
+    fn forget_views(&self, py: Python<'_>) {
+        let views = self.with_full_state(py, |state| std::mem::take(&mut state.views));
+        drop(views);
+    }
+
     /// Runs an operation that may wait, detached from the interpreter, with an interrupt check
     /// that runs Python's signal handlers; a handler's exception (KeyboardInterrupt) wins.
+    /// The operation may detach: the cached views are dropped first.
     fn waiting<R: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&mut SharedMemory, &mut dyn FnMut() -> bool) -> R + Send,
     ) -> PyResult<R> {
-        let (result, pending) = py.detach(|| {
+        self.forget_views(py);
+        self.waiting_keeping_views(py, f)
+    }
+
+    /// [`Self::waiting`] for an operation that never detaches (lock()).
+    fn waiting_keeping_views<R: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut SharedMemory, &mut dyn FnMut() -> bool) -> R + Send,
+    ) -> PyResult<R> {
+        let (result, stale) = detached_interruptible(py, |interrupt| {
             let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            let mut pending: Option<PyErr> = None;
-            let mut interrupt = || {
-                Python::attach(|py| match py.check_signals() {
-                    Ok(()) => false,
-                    Err(e) => {
-                        pending = Some(e);
-                        true
-                    }
-                })
-            };
-            let result = f(&mut state, &mut interrupt);
-            (result, pending)
-        });
-        match pending {
-            Some(e) => Err(e),
-            None => Ok(result),
-        }
+            let result = f(&mut state.shm, interrupt);
+            // Views another thread cached meanwhile, of what this operation detached.
+            let state = &mut *state;
+            let stale = state.views.take_stale(state.shm.attachment());
+            (result, stale)
+        })?;
+        drop(stale);
+        Ok(result)
+    }
+
+    /// Replaces the handle's state (`__init__`, also when called again on a live handle: the
+    /// old state detaches like a destroyed handle, with the GIL released).
+    fn reset(&self, py: Python<'_>, shm: SharedMemory) {
+        self.forget_views(py);
+        let old = self.with_state(py, |s| std::mem::replace(s, shm));
+        py.detach(move || drop(old));
     }
 
     fn lock_impl(&self, py: Python<'_>, wait: Option<Duration>) -> PyResult<bool> {
@@ -166,15 +324,31 @@ impl PySharedMemory {
                 s.lock_with(Some(Duration::ZERO), &mut || false).is_ok()
             }));
         }
-        self.waiting(py, |s, interrupt| s.lock_with(wait, interrupt).is_ok())
+        self.waiting_keeping_views(py, |s, interrupt| s.lock_with(wait, interrupt).is_ok())
     }
 }
 
 #[pymethods]
 impl PySharedMemory {
+    /// Python subclasses (`class Mine(QSharedMemory)`) have constructors of their own and call
+    /// `super().__init__(key)`, as with PySide6: so `__new__` accepts any arguments and makes an
+    /// empty handle, and `__init__` sets the key.
     #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self {
+            inner: Mutex::new(State::default()),
+        }
+    }
+
+    /// `QSharedMemory()`, `QSharedMemory(key: QNativeIpcKey)`, `QSharedMemory(key: str)`.
     #[pyo3(signature = (key = None, parent = None))]
-    fn new(key: Option<&Bound<'_, PyAny>>, parent: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn __init__(
+        &self,
+        py: Python<'_>,
+        key: Option<&Bound<'_, PyAny>>,
+        parent: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         // `parent` exists for drop-in compatibility with PySide6 (a QObject parent); there is no
         // object tree here, so it is accepted and not used.
         let _ = parent;
@@ -183,9 +357,8 @@ impl PySharedMemory {
             Some(KeyArg::Native(key)) => SharedMemory::with_key(key),
             Some(KeyArg::Text(text)) => SharedMemory::with_legacy_key(&text),
         };
-        Ok(Self {
-            inner: Mutex::new(shm),
-        })
+        self.reset(py, shm);
+        Ok(())
     }
 
     #[classattr]
@@ -227,6 +400,26 @@ impl PySharedMemory {
         self.waiting(py, |s, interrupt| s.detach_with(interrupt).is_ok())
     }
 
+    /// `remove() -> bool` (not in Qt): removes the segment's key now, as
+    /// `multiprocessing.shared_memory.SharedMemory.unlink()` does; attachments keep working and
+    /// the memory is freed by the last detach. False + `error()` if there was nothing to
+    /// remove (`NotFound`) or it failed.
+    fn remove(&self, py: Python<'_>) -> PyResult<bool> {
+        self.waiting(py, |s, interrupt| s.remove_with(interrupt).is_ok())
+    }
+
+    /// The exception for the last recorded error (`None` for `NoError`): the
+    /// `qsharedmem.SharedMemoryError` subclass with `errno`, Qt's text and `qt_error`.
+    fn _exception<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        let error = self.with_state(py, |s| s.error().cloned())?;
+        Some(
+            to_py_err(py, &error)
+                .into_value(py)
+                .into_bound(py)
+                .into_any(),
+        )
+    }
+
     /// `isAttached() -> bool`
     #[pyo3(name = "isAttached")]
     fn is_attached(&self, py: Python<'_>) -> bool {
@@ -235,19 +428,13 @@ impl PySharedMemory {
 
     /// `data() -> memoryview | None`: the segment's memory (read-only for ReadOnly attachments).
     fn data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.with_state(py, |s| s.attachment().cloned()) {
-            Some(att) => Ok(Some(SegmentBuffer::memoryview(py, att, false)?.into_any())),
-            None => Ok(None),
-        }
+        self.view(py, false)
     }
 
     /// `constData() -> memoryview | None`: the segment's memory, read-only.
     #[pyo3(name = "constData")]
     fn const_data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        match self.with_state(py, |s| s.attachment().cloned()) {
-            Some(att) => Ok(Some(SegmentBuffer::memoryview(py, att, true)?.into_any())),
-            None => Ok(None),
-        }
+        self.view(py, true)
     }
 
     /// `size() -> int`
@@ -415,6 +602,8 @@ impl PySharedMemory {
 
     /// Pickling rebuilds the handle from its key in the receiving process and attaches it
     /// again (with the same access mode) if it was attached. The memory itself is never copied.
+    /// A subclass keeps its type and its instance attributes (`__dict__`), and its own
+    /// `__init__` is not called, as for any pickled object.
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
         let (key, mode) = slf.get().with_state(py, |s| {
@@ -425,7 +614,11 @@ impl PySharedMemory {
             .import("qsharedmem._qsharedmem")?
             .getattr("_rebuild_qsharedmemory")?;
         let args = (slf.get_type(), PyNativeIpcKey::from_core(key), mode);
-        PyTuple::new(py, [rebuild, args.into_pyobject(py)?.into_any()])
+        let state = match slf.getattr(intern!(py, "__dict__")) {
+            Ok(dict) if dict.is_truthy()? => dict,
+            _ => py.None().into_bound(py),
+        };
+        PyTuple::new(py, [rebuild, args.into_pyobject(py)?.into_any(), state])
     }
 
     fn __repr__(&self, py: Python<'_>) -> String {
@@ -450,7 +643,10 @@ impl Drop for PySharedMemory {
     fn drop(&mut self) {
         // Like Qt's destructor this detaches and releases the lock; that may wait (briefly) for
         // the System V lock, so the GIL is released meanwhile.
-        let shm = std::mem::take(self.inner.get_mut().unwrap_or_else(PoisonError::into_inner));
+        let State { shm, views } =
+            std::mem::take(self.inner.get_mut().unwrap_or_else(PoisonError::into_inner));
+        // The cached views go first, so that the core's detach is the last reference.
+        drop(views);
         Python::attach(|py| py.detach(move || drop(shm)));
     }
 }
@@ -488,7 +684,8 @@ impl LockedContext {
     }
 }
 
-/// Unpickling helper: `cls(key)`, then `attach(mode)` if the pickled handle was attached.
+/// Unpickling helper: a `cls` handle with `key` (made without calling a subclass's
+/// `__init__`), then `attach(mode)` if the pickled handle was attached.
 #[pyfunction]
 #[pyo3(signature = (cls, key, mode))]
 pub(crate) fn _rebuild_qsharedmemory<'py>(
@@ -497,18 +694,35 @@ pub(crate) fn _rebuild_qsharedmemory<'py>(
     mode: Option<u8>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = cls.py();
-    let shm = cls.call1((key,))?;
+    let shm = cls.call_method1(intern!(py, "__new__"), (cls,))?;
+    let handle = shm.cast::<PySharedMemory>()?.get();
+    handle.__init__(py, Some(key), None)?;
     if let Some(mode) = mode {
-        let attached: bool = shm.call_method1("attach", (mode,))?.extract()?;
-        if !attached {
-            let handle = shm.cast::<PySharedMemory>()?;
-            let error = handle.get().with_state(py, |s| s.error().cloned());
-            if let Some(error) = error {
-                return Err(to_py_err(py, &error));
-            }
+        let mode = if mode == 0 {
+            AccessMode::ReadOnly
+        } else {
+            AccessMode::ReadWrite
+        };
+        let attached = handle.waiting(py, |s, interrupt| s.attach_with(mode, interrupt))?;
+        if let Err(error) = attached {
+            return Err(to_py_err(py, &error));
         }
     }
     Ok(shm)
+}
+
+/// `os.register_at_fork(before=...)` hook: every qsharedmem POSIX attachment prepares a lock
+/// for the child, so that the child counts as attached from the moment of the fork.
+#[pyfunction]
+fn _before_fork() {
+    crate::segment::prepare_all_for_fork();
+}
+
+/// `os.register_at_fork(after_in_parent=...)` hook: closes the parent's copies of what
+/// `_before_fork` prepared.
+#[pyfunction]
+fn _after_fork_in_parent() {
+    crate::segment::after_fork_in_parent_all();
 }
 
 /// `os.register_at_fork(after_in_child=...)` hook: every inherited qsharedmem POSIX attachment
@@ -527,21 +741,18 @@ fn _release_at_exit() {
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_parent, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(_release_at_exit, m)?)?;
     m.add_class::<PySharedMemory>()?;
-    // Qt's enum members are reachable on the class too (`QSharedMemory.ReadOnly`), as in
-    // PySide6.
-    let class = m.py().get_type::<PySharedMemory>();
-    for enum_class in [
-        enums::access_mode_class(m.py())?,
-        enums::shared_memory_error_class(m.py())?,
-    ] {
-        for member in enum_class.try_iter()? {
-            let member = member?;
-            class.setattr(member.getattr("name")?.cast::<PyString>()?, member)?;
-        }
-    }
+    enums::expose_members(
+        &m.py().get_type::<PySharedMemory>(),
+        [
+            enums::access_mode_class(m.py())?,
+            enums::shared_memory_error_class(m.py())?,
+        ],
+    )?;
     m.add_class::<LockedContext>()?;
     m.add_class::<SegmentBuffer>()?;
     m.add_function(wrap_pyfunction!(_rebuild_qsharedmemory, m)?)?;

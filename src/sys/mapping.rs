@@ -77,6 +77,38 @@ impl Mapping {
         })
     }
 
+    /// A private, writable, zero-filled anonymous mapping of `len` bytes: process-local memory
+    /// with the same accessors as a shared mapping, for copies of shared data.
+    pub fn anonymous(len: usize) -> SysResult<Self> {
+        if len == 0 {
+            return Err(Errno(libc::EINVAL));
+        }
+        // SAFETY: a fresh anonymous mapping chosen by the kernel (addr NULL, no MAP_FIXED)
+        // cannot alias any Rust object.
+        let ptr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno(libc::ENOMEM))?;
+        // Anonymous memory cannot shrink: no need to watch it.
+        Ok(Self {
+            ptr,
+            len,
+            writable: true,
+            origin: Origin::Mmap,
+            watch: None,
+        })
+    }
+
     /// `shmat(shmid, NULL, writable ? 0 : SHM_RDONLY)`; `len` is the segment's `shm_segsz`.
     pub fn attach_sysv(shmid: i32, len: usize, writable: bool) -> SysResult<Self> {
         let flags = if writable { 0 } else { libc::SHM_RDONLY };

@@ -15,6 +15,7 @@ pub mod mutex;
 pub mod namedsem;
 pub mod posix;
 pub mod process;
+pub mod procfs;
 mod sigbus;
 pub mod sysv;
 

@@ -1,18 +1,56 @@
 //! Processes and threads: pids, liveness, the calling thread's id, and fork detection.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Once;
 
+/// This process's pid, once asked for (0: not yet, or cleared by a fork).
+static PID: AtomicI32 = AtomicI32::new(0);
+
 /// The calling process's pid (`getpid`).
+///
+/// Cached: glibc no longer caches it, and a system call costs more than the whole uncontended
+/// lock this is recorded for. The fork handler clears the cache in the child.
 #[must_use]
 pub fn pid() -> i32 {
+    let cached = PID.load(Ordering::Relaxed);
+    if cached != 0 {
+        return cached;
+    }
+    // Installs the fork handler that clears the cache before the cache is filled.
+    let _ = fork_generation();
     // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() }
+    let pid = unsafe { libc::getpid() };
+    PID.store(pid, Ordering::Relaxed);
+    pid
+}
+
+thread_local! {
+    /// The calling thread's id and the fork generation it was read in (0: not read yet).
+    static THREAD_ID: Cell<(u64, i32)> = const { Cell::new((0, 0)) };
 }
 
 /// The calling thread's kernel thread id (`gettid`).
+///
+/// Cached per thread (the lock records it on every acquisition); a fork gives the child's
+/// thread a new id, so the cache is keyed by the fork generation.
 #[must_use]
 pub fn thread_id() -> i32 {
+    let generation = fork_generation();
+    THREAD_ID
+        .try_with(|cache| match cache.get() {
+            (cached_generation, tid) if tid != 0 && cached_generation == generation => tid,
+            _ => {
+                let tid = gettid();
+                cache.set((generation, tid));
+                tid
+            }
+        })
+        // During thread teardown the cache is gone; ask the kernel.
+        .unwrap_or_else(|_| gettid())
+}
+
+fn gettid() -> i32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::gettid() }
 }
@@ -40,8 +78,9 @@ static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 static REGISTER_FORK_HANDLER: Once = Once::new();
 
 extern "C" fn after_fork_in_child() {
-    // Async-signal-safe: a single atomic increment.
+    // Async-signal-safe: atomic operations only.
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    PID.store(0, Ordering::Relaxed);
 }
 
 /// A number that changes in a child process after every `fork()`. State recorded with one value
@@ -118,5 +157,41 @@ mod tests {
         assert!(!is_alive(-1));
         assert_eq!(fork_generation(), fork_generation());
         assert!(thread_id() > 0);
+    }
+
+    #[test]
+    fn cached_ids_match_the_kernel() {
+        assert_eq!(pid(), pid());
+        // SAFETY: getpid has no preconditions.
+        assert_eq!(pid(), unsafe { libc::getpid() });
+        assert_eq!(thread_id(), gettid());
+        let main = thread_id();
+        let other = std::thread::spawn(|| (thread_id(), gettid()))
+            .join()
+            .unwrap();
+        assert_eq!(other.0, other.1);
+        assert_ne!(other.0, main);
+    }
+
+    #[test]
+    fn a_forked_child_sees_its_own_ids() {
+        let (parent_pid, parent_tid) = (pid(), thread_id());
+        // SAFETY: the child only calls getpid/gettid, reads atomics and a thread-local that this
+        // thread already initialised, and leaves with _exit.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            let ok = pid() != parent_pid
+                // SAFETY: getpid has no preconditions.
+                && pid() == unsafe { libc::getpid() }
+                && thread_id() != parent_tid
+                && thread_id() == gettid();
+            // SAFETY: _exit ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: `child` is our child process; `status` is valid for writes.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 }

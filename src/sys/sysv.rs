@@ -74,6 +74,7 @@ pub fn remove_key_file(path: &CString) -> SysResult<()> {
 
 /// Whether a file exists at `path` (without following a final symbolic link).
 #[must_use]
+#[allow(dead_code, reason = "not called yet; kept for the issues that need it")]
 pub fn key_file_exists(path: &CString) -> bool {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid C string; `st` is valid for writes of a `struct stat`.
@@ -118,6 +119,18 @@ pub struct ShmStat {
     pub key: IpcKey,
 }
 
+/// The `shm_perm.mode` bit the kernel sets once `IPC_RMID` marked a segment for destruction on
+/// its last detach (`SHM_DEST` in `<linux/shm.h>`; the libc crate does not export it).
+pub const SHM_DEST: u32 = 0o1000;
+
+impl ShmStat {
+    /// Whether the segment was removed and only lives on until its last attachment ends.
+    #[must_use]
+    pub fn is_marked_for_removal(&self) -> bool {
+        self.mode & SHM_DEST != 0
+    }
+}
+
 /// `shmctl(id, IPC_STAT)`.
 pub fn shm_stat(id: i32) -> SysResult<ShmStat> {
     let mut ds = std::mem::MaybeUninit::<libc::shmid_ds>::uninit();
@@ -127,7 +140,9 @@ pub fn shm_stat(id: i32) -> SysResult<ShmStat> {
     let ds = unsafe { ds.assume_init() };
     Ok(ShmStat {
         size: ds.shm_segsz,
-        attached: ds.shm_nattch,
+        // c_ulong: u64 on the 64-bit targets we build for, narrower elsewhere.
+        #[allow(clippy::useless_conversion)]
+        attached: u64::from(ds.shm_nattch),
         creator_pid: ds.shm_cpid,
         last_pid: ds.shm_lpid,
         changed: ds.shm_ctime,
@@ -177,7 +192,10 @@ pub fn sem_count(id: i32) -> SysResult<u64> {
     // valid for writes of one.
     cvt(unsafe { libc::semctl(id, 0, libc::IPC_STAT, ds.as_mut_ptr()) })?;
     // SAFETY: IPC_STAT succeeded and filled the struct.
-    Ok(unsafe { ds.assume_init() }.sem_nsems)
+    let ds = unsafe { ds.assume_init() };
+    // c_ulong: u64 on the 64-bit targets we build for, narrower elsewhere.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(ds.sem_nsems))
 }
 
 /// `semctl(id, num, SETVAL, value)`.

@@ -24,28 +24,10 @@ and the byte in shared memory), kept as in Qt.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
-EXIT_SUCCESS = 0
-EXIT_FAILURE = 1
-
-
-def load(impl: str):
-    if impl == "pyside6":
-        from PySide6.QtCore import QNativeIpcKey, QSharedMemory
-    elif impl == "qsharedmem":
-        from qsharedmem import QNativeIpcKey, QSharedMemory
-    else:
-        raise SystemExit(f"unknown implementation {impl!r}")
-    return QSharedMemory, QNativeIpcKey
-
-
-def warn(*parts: object) -> None:
-    print(*parts, file=sys.stderr, flush=True)
+from helper_common import EXIT_FAILURE, EXIT_SUCCESS, load, pop_impl, warn
 
 
 def set_byte(sm, pos: int, value: int | str) -> None:
@@ -170,16 +152,7 @@ MODES = {"readonly_segfault": readonly_segfault, "producer": producer, "consumer
 
 def main(argv: list[str]) -> int:
     args = list(argv[1:])
-    impl = "qsharedmem"
-    for i, arg in enumerate(args):
-        if arg == "--impl" and i + 1 < len(args):
-            impl = args[i + 1]
-            del args[i : i + 2]
-            break
-        if arg.startswith("--impl="):
-            impl = arg.split("=", 1)[1]
-            del args[i]
-            break
+    impl = pop_impl(args)
     if len(args) != 2:
         print(
             f"Usage: {argv[0]} [--impl qsharedmem|pyside6] <mode> <key>\n"
@@ -188,7 +161,7 @@ def main(argv: list[str]) -> int:
         )
         return EXIT_FAILURE
     function, key_string = args
-    QSharedMemory, QNativeIpcKey = load(impl)
+    QSharedMemory, QNativeIpcKey = load(impl, "QSharedMemory", "QNativeIpcKey")
     key = QNativeIpcKey.fromString(key_string)
 
     mode = MODES.get(function)

@@ -1,0 +1,278 @@
+"""``multiprocessing.shared_memory.SharedMemory``, as a drop-in, minus its bugs.
+
+Replace ``from multiprocessing.shared_memory import SharedMemory`` with
+``from qsharedmem import SharedMemory`` and a program keeps working: same constructor
+(CPython 3.13's, ``track`` included), same ``name``/``buf``/``size``, ``close()``, ``unlink()``,
+pickling and ``repr``, same names in ``/dev/shm`` (a user name gets a leading ``/``, random names
+are ``psm_`` + 8 hex digits), same exception types. What changes is the lifetime:
+
+* there is no resource tracker: a process that exits never destroys a segment others still use,
+  and nothing is ever printed about "leaked shared_memory objects";
+* the segment is destroyed when the last handle in any process closes (also when processes
+  crash), so forgetting ``unlink()`` leaks nothing;
+* ``close()`` never raises ``BufferError``: views taken from ``buf`` (slices, numpy arrays) stay
+  valid until they are released;
+* ``unlink()`` removes the name now; handles attached to the segment keep working.
+
+Plus what multiprocessing lacks: a cross-process lock (``lock()``/``unlock()``,
+``with shm.locked(timeout=...):``), ``with SharedMemory(...) as shm:``, read-only attachments
+(``readonly=True``) and zero-copy numpy views (``ndarray()``).
+
+It is built on :class:`qsharedmem.QSharedMemory` with POSIX keys: ``SharedMemory("frame")`` is
+``QSharedMemory(QNativeIpcKey("/frame", QNativeIpcKey.Type.PosixRealtime))``.
+See ``docs/multiprocessing.md`` for the migration guide and every difference from CPython.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._errors import LockError, SharedMemoryError
+from ._qsharedmem import QNativeIpcKey, QSharedMemory
+
+if TYPE_CHECKING:
+    import numpy
+
+__all__ = ["SharedMemory"]
+
+# CPython's rule for random names (Lib/multiprocessing/shared_memory.py): a 14-character limit
+# (FreeBSD's) for "/psm_" + hex digits.
+_SHM_SAFE_NAME_LENGTH = 14
+_SHM_NAME_PREFIX = "/psm_"
+
+_POSIX = QNativeIpcKey.Type.PosixRealtime
+_READ_ONLY = QSharedMemory.AccessMode.ReadOnly
+_READ_WRITE = QSharedMemory.AccessMode.ReadWrite
+_ALREADY_EXISTS = QSharedMemory.SharedMemoryError.AlreadyExists
+
+
+def _make_filename() -> str:
+    """A random native name, as multiprocessing makes them: ``/psm_`` + 8 hex digits."""
+    nbytes = (_SHM_SAFE_NAME_LENGTH - len(_SHM_NAME_PREFIX)) // 2
+    return _SHM_NAME_PREFIX + secrets.token_hex(nbytes)
+
+
+def _failure(shm: QSharedMemory, fallback: str, native_name: str | None) -> SharedMemoryError:
+    """The exception for the error ``shm`` recorded (errno, Qt's text and code), with the
+    native name as ``filename``, as CPython's exceptions have it."""
+    exception = shm._exception()
+    if exception is None:
+        exception = SharedMemoryError(None, fallback)
+    exception.filename = native_name
+    return exception
+
+
+class SharedMemory:
+    """A shared memory block, created or attached by name.
+
+    ``SharedMemory(name=None, create=False, size=0, *, track=True, readonly=False)``:
+    ``create=True`` makes a new block of ``size`` bytes (a random name if ``name`` is None),
+    ``create=False`` attaches to an existing one (``size`` is ignored). ``readonly=True``
+    attaches read-only: ``buf`` is a read-only ``memoryview``, ``ndarray()`` non-writeable.
+    ``track`` is accepted for compatibility with CPython 3.13 and has no effect: there is no
+    resource tracker, cleanup is by reference count on the last ``close()``.
+
+    Raises ``FileExistsError`` (``qsharedmem.AlreadyExistsError``) when creating a name that
+    exists, ``FileNotFoundError`` (``qsharedmem.NotFoundError``) when attaching to one that
+    does not, ``ValueError`` for a bad size or name; all of them are also
+    ``qsharedmem.SharedMemoryError`` (an ``OSError`` with ``errno`` and ``qt_error``).
+    """
+
+    # Defaults, so that close(), unlink() and repr() work on a half-constructed object.
+    _name: str | None = None
+    _shm: QSharedMemory | None = None
+    _buf: memoryview | None = None
+    _size = 0
+    _track = True
+    _readonly = False
+
+    def __init__(
+        self,
+        name: str | None = None,
+        create: bool = False,
+        size: int = 0,
+        *,
+        track: bool = True,
+        readonly: bool = False,
+    ) -> None:
+        # CPython's checks, in CPython's order, with CPython's messages.
+        if not size >= 0:
+            raise ValueError("'size' must be a positive integer")
+        if create and size == 0:
+            raise ValueError("'size' must be a positive number different from zero")
+        if name is None and not create:
+            raise ValueError("'name' can only be None if create=True")
+        self._track = track
+        self._readonly = bool(readonly)
+        mode = _READ_ONLY if readonly else _READ_WRITE
+        if name is None:
+            while True:
+                native = _make_filename()
+                shm = QSharedMemory(QNativeIpcKey(native, _POSIX))
+                if shm.create(size, mode):
+                    break
+                if shm.error() != _ALREADY_EXISTS:
+                    raise _failure(shm, "SharedMemory: cannot create", native)
+        else:
+            native = "/" + name
+            if "\0" in native:
+                # CPython 3.13's check (3.11 silently cut the name at the NUL).
+                raise ValueError("embedded null character")
+            shm = QSharedMemory(QNativeIpcKey(native, _POSIX))
+            done = shm.create(size, mode) if create else shm.attach(mode)
+            if not done:
+                raise _failure(shm, "SharedMemory: cannot create or attach", native)
+        self._name = native
+        self._shm = shm
+        self._size = shm.size()
+        self._buf = shm.data()
+
+    # -- multiprocessing's API --------------------------------------------------------------
+
+    @property
+    def buf(self) -> memoryview | None:
+        """A memoryview of the block's contents (read-only for ``readonly=True``); None after
+        ``close()``."""
+        return self._buf
+
+    @property
+    def name(self) -> str | None:
+        """The block's name, without the leading ``/`` (as multiprocessing reports it)."""
+        name = self._name
+        if name is not None and name.startswith("/"):
+            return name[1:]
+        return name
+
+    @property
+    def size(self) -> int:
+        """Size in bytes: the size the creator asked for (a block made by multiprocessing or
+        Qt: its file size)."""
+        return self._size
+
+    def close(self) -> None:
+        """Detaches this handle (idempotent). Views taken from ``buf`` stay valid until they
+        are released; the block is destroyed when the last handle in any process closes."""
+        buf = self._buf
+        self._buf = None
+        if buf is not None:
+            # BufferError: something (a numpy array, a ctypes object...) holds a buffer export
+            # of this very memoryview. It keeps the memory mapped, and the attachment counted,
+            # until it is released. CPython raises here; we just let go of our reference.
+            with contextlib.suppress(BufferError):
+                buf.release()
+        shm = self._shm
+        if shm is not None and shm.isAttached():
+            shm.detach()
+
+    def unlink(self) -> None:
+        """Removes the block's name now: nobody can attach to it any more, and the name is free
+        for a new block. Handles attached to it keep working; the memory is freed when the last
+        of them closes.
+
+        ``close(); unlink()`` after the last close is fine (the close destroyed the block and
+        its name). Unlinking a block that was unlinked already raises ``FileNotFoundError``, as
+        in CPython. A name that meanwhile belongs to a new block is never removed."""
+        shm = self._shm
+        if shm is not None and not shm.remove():
+            raise _failure(shm, "SharedMemory.unlink: cannot remove", self._name)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self._readonly:
+            return (_attach_readonly, (self.__class__, self.name))
+        return (self.__class__, (self.name, False, self.size))
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.name!r}, size={self.size})"
+
+    # -- extras -----------------------------------------------------------------------------
+
+    @property
+    def readonly(self) -> bool:
+        """Whether this handle attached read-only."""
+        return self._readonly
+
+    def __enter__(self) -> SharedMemory:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _attached(self, operation: str) -> QSharedMemory:
+        shm = self._shm
+        if self._buf is None or shm is None:
+            raise ValueError(f"{operation}: the SharedMemory is closed")
+        return shm
+
+    def lock(self, timeout: float | None = None) -> None:
+        """Takes the block's cross-process lock, waiting at most ``timeout`` seconds (None:
+        as long as it takes; the GIL is released and Ctrl-C works meanwhile).
+
+        Raises ``qsharedmem.LockTimeoutError`` (a ``TimeoutError``) when the time is up,
+        ``qsharedmem.LockError`` if the lock cannot be taken. The lock belongs to this handle
+        and this thread; a holder that dies releases it (see ``lock_owner_died``)."""
+        shm = self._attached("lock()")
+        if not shm.lock(timeout):
+            raise _failure(shm, "QSharedMemory::lock: unable to lock", self._name)
+
+    def unlock(self) -> None:
+        """Releases the lock; ``qsharedmem.LockError`` if this thread does not hold it through
+        this handle."""
+        shm = self._attached("unlock()")
+        if not shm.unlock():
+            raise LockError(None, "SharedMemory.unlock: not locked by this thread and handle")
+
+    def locked(self, timeout: float | None = None) -> _Locked:
+        """``with shm.locked(timeout=None):`` holds the lock for the block (see ``lock()``)."""
+        return _Locked(self, timeout)
+
+    @property
+    def lock_owner_died(self) -> bool:
+        """True if the last ``lock()`` found that the previous holder died holding it (the data
+        it protected may be half-written)."""
+        shm = self._shm
+        return shm is not None and shm.lockOwnerDied()
+
+    def ndarray(self, shape: Any, dtype: Any, offset: int = 0) -> numpy.ndarray:
+        """A numpy array on the block's memory itself (no copy): ``shape`` and ``dtype`` as for
+        ``numpy.ndarray``, starting ``offset`` bytes into the block. Non-writeable for
+        ``readonly=True`` handles. Like any view, it stays valid after ``close()`` until it is
+        released. Needs numpy (imported on first use)."""
+        shm = self._attached("ndarray()")
+        try:
+            import numpy
+        except ImportError as e:  # pragma: no cover - numpy is installed for the tests
+            raise ModuleNotFoundError("SharedMemory.ndarray() needs numpy") from e
+        # A buffer of its own (not `buf`), so that close() can always release `buf`.
+        return numpy.ndarray(shape, dtype=dtype, buffer=shm.data(), offset=offset)
+
+
+class _Locked:
+    """The context manager of :meth:`SharedMemory.locked`."""
+
+    __slots__ = ("_shm", "_timeout")
+
+    def __init__(self, shm: SharedMemory, timeout: float | None) -> None:
+        self._shm = shm
+        self._timeout = timeout
+
+    def __enter__(self) -> SharedMemory:
+        self._shm.lock(self._timeout)
+        return self._shm
+
+    def __exit__(self, *exc: object) -> None:
+        shm = self._shm._shm
+        if shm is not None:
+            shm.unlock()
+
+
+def _attach_readonly(cls: type[SharedMemory], name: str) -> SharedMemory:
+    """Unpickles a read-only handle: attaches read-only again."""
+    return cls(name, readonly=True)

@@ -1,0 +1,249 @@
+//! The inspection functions behind `qsharedmem ls / info / rm / gc`, for Python: segments become
+//! plain dicts (JSON-ready), failures become qsharedmem's exceptions. All logic is in
+//! [`crate::inspect`]; the work runs detached from the interpreter.
+//!
+//! A segment dict has these keys (`None` where unknown or not applicable):
+//! `id` (a string `find_segments` accepts and that names exactly this segment), `kind`
+//! (`"qsharedmem"`, `"posix"`, `"systemv"`), `origin` (`"qsharedmem"`, `"qt"`,
+//! `"multiprocessing"`, `"unknown"`), `native_key`, `key_type` (Qt's raw value), `key` (Qt's
+//! string form, with `?legacyKey=` when known), `legacy_key`, `qt_key`, `file`, `key_file`,
+//! `shmid`, `ipc_key`, `size`, `file_size`, `attachments`, `pids`, `last_pid`, `lock` (a dict:
+//! `state` = `"free"`/`"held"`/`"owner-died"`/`"none"`/`"unknown"`, `holder`, `primitive`,
+//! `value`, `waiters`, `owner_deaths`), `creator_pid`, `creator_alive`, `created` (seconds since
+//! the epoch), `uid`, `user`, `mode`, `usage` (`"in-use"`, `"unused"`, `"orphan"`), `orphan`,
+//! `note`.
+
+use std::time::UNIX_EPOCH;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use super::errors::to_py_err;
+use crate::error::{Error, ErrorKind};
+use crate::inspect::{self, GcOutcome, InspectError, LockInfo, Scope, SegmentInfo};
+use crate::segment::SegmentKind;
+
+fn scope(all_users: bool) -> Scope {
+    if all_users {
+        Scope::AllUsers
+    } else {
+        Scope::CurrentUser
+    }
+}
+
+/// The qsharedmem exception for `error`: `NotFoundError`, `PermissionDeniedError`,
+/// `InvalidKeyError` (ambiguous key), or `SharedMemoryError` with `errno` `EBUSY` (in use).
+fn to_exception(py: Python<'_>, error: &InspectError) -> PyErr {
+    let errno = error.errno();
+    let kind = match error {
+        InspectError::NotFound { .. } => ErrorKind::NotFound,
+        InspectError::Ambiguous { .. } => ErrorKind::KeyError,
+        _ if errno == libc::EACCES || errno == libc::EPERM => ErrorKind::PermissionDenied,
+        _ => ErrorKind::UnknownError,
+    };
+    to_py_err(py, &Error::with_errno(kind, error.to_string(), errno))
+}
+
+fn kind_name(kind: SegmentKind) -> &'static str {
+    match kind {
+        SegmentKind::Posix => "qsharedmem",
+        SegmentKind::ForeignPosix => "posix",
+        SegmentKind::SystemV => "systemv",
+    }
+}
+
+fn lock_to_dict<'py>(py: Python<'py>, lock: &LockInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("state", lock.state.as_str())?;
+    d.set_item("holder", lock.holder)?;
+    d.set_item("primitive", &lock.primitive)?;
+    d.set_item("value", lock.value)?;
+    d.set_item("waiters", lock.waiters)?;
+    d.set_item("owner_deaths", lock.owner_deaths)?;
+    Ok(d)
+}
+
+fn segment_to_dict<'py>(py: Python<'py>, s: &SegmentInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("id", s.id())?;
+    d.set_item("kind", kind_name(s.kind))?;
+    d.set_item("origin", s.origin.as_str())?;
+    d.set_item("native_key", s.native_key())?;
+    d.set_item("key_type", s.key.as_ref().map(|k| k.key_type().raw()))?;
+    d.set_item("key", s.key.as_ref().map(|k| k.to_qt_string()))?;
+    d.set_item("legacy_key", s.key.as_ref().and_then(|k| k.legacy_key()))?;
+    d.set_item("qt_key", &s.qt_key)?;
+    d.set_item("file", &s.file)?;
+    d.set_item("key_file", &s.key_file)?;
+    d.set_item("shmid", s.shmid)?;
+    d.set_item("ipc_key", s.ipc_key.map(|k| k as u32))?;
+    d.set_item("size", s.size)?;
+    d.set_item("file_size", s.file_size)?;
+    d.set_item("attachments", s.attachments)?;
+    d.set_item("pids", &s.pids)?;
+    d.set_item("last_pid", s.last_pid)?;
+    d.set_item("lock", lock_to_dict(py, &s.lock)?)?;
+    d.set_item("creator_pid", s.creator_pid)?;
+    d.set_item("creator_alive", s.creator_alive)?;
+    let created = s
+        .created
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_secs_f64());
+    d.set_item("created", created)?;
+    d.set_item("uid", s.uid)?;
+    d.set_item("user", &s.user)?;
+    d.set_item("mode", s.mode)?;
+    d.set_item("usage", s.usage.as_str())?;
+    d.set_item("orphan", s.is_orphan())?;
+    d.set_item("note", &s.note)?;
+    Ok(d)
+}
+
+fn segments_to_list<'py>(
+    py: Python<'py>,
+    segments: &[SegmentInfo],
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    segments.iter().map(|s| segment_to_dict(py, s)).collect()
+}
+
+/// list_segments(all_users=False) -> list[dict]
+///
+/// Every shared memory segment of this user (of every user with all_users=True): qsharedmem's,
+/// other POSIX segments in /dev/shm, System V segments. Looking never disturbs a segment.
+#[pyfunction]
+#[pyo3(signature = (all_users = false))]
+fn list_segments(py: Python<'_>, all_users: bool) -> PyResult<Vec<Bound<'_, PyDict>>> {
+    let found = py
+        .detach(|| inspect::list(scope(all_users)))
+        .map_err(|e| to_exception(py, &e))?;
+    segments_to_list(py, &found)
+}
+
+/// find_segments(key, all_users=False) -> list[dict]
+///
+/// The segments `key` names: a plain Qt key ("demo"), a native key ("/demo",
+/// "/tmp/qipc_sharedmemory_..."), Qt's string form ("posix:/demo"), "/dev/shm/<name>", a System
+/// V IPC key ("0x5100c092") or segment id ("shmid:123").
+#[pyfunction]
+#[pyo3(signature = (key, all_users = false))]
+fn find_segments<'py>(
+    py: Python<'py>,
+    key: &str,
+    all_users: bool,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let found = py
+        .detach(|| inspect::find(key, scope(all_users)))
+        .map_err(|e| to_exception(py, &e))?;
+    segments_to_list(py, &found)
+}
+
+/// read_segment(key, length=256, all_users=False) -> bytes
+///
+/// A copy of the first `length` bytes of the one segment `key` names (System V: attached under
+/// its lock for a moment). NotFoundError, InvalidKeyError if `key` names several segments,
+/// SharedMemoryError (errno EBUSY) if a System V lock stays held.
+#[pyfunction]
+#[pyo3(signature = (key, length = 256, all_users = false))]
+fn read_segment<'py>(
+    py: Python<'py>,
+    key: &str,
+    length: usize,
+    all_users: bool,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let bytes = py
+        .detach(|| {
+            let segment = inspect::lookup(key, scope(all_users))?;
+            inspect::preview(&segment, length)
+        })
+        .map_err(|e| to_exception(py, &e))?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// remove_segment(key, force=False, all_users=False) -> dict
+///
+/// Removes the one segment `key` names, with its key file and lock; returns
+/// {"segment": <dict>, "removed": [<objects>]}. Without force, a segment in use is refused
+/// with SharedMemoryError (errno EBUSY). NotFoundError, InvalidKeyError (ambiguous key),
+/// PermissionDeniedError as they apply.
+#[pyfunction]
+#[pyo3(signature = (key, force = false, all_users = false))]
+fn remove_segment<'py>(
+    py: Python<'py>,
+    key: &str,
+    force: bool,
+    all_users: bool,
+) -> PyResult<Bound<'py, PyDict>> {
+    let (segment, removed) = py
+        .detach(|| inspect::remove_key(key, scope(all_users), force))
+        .map_err(|e| to_exception(py, &e))?;
+    let d = PyDict::new(py);
+    d.set_item("segment", segment_to_dict(py, &segment)?)?;
+    d.set_item("removed", removed)?;
+    Ok(d)
+}
+
+fn outcome_to_dict<'py>(py: Python<'py>, outcome: &GcOutcome) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("segment", segment_to_dict(py, &outcome.segment)?)?;
+    d.set_item("removed", &outcome.removed)?;
+    d.set_item("skipped", outcome.skipped.as_ref().map(ToString::to_string))?;
+    d.set_item("errno", outcome.skipped.as_ref().map(InspectError::errno))?;
+    Ok(d)
+}
+
+/// collect_garbage(dry_run=False, predicate=None, all_users=False) -> list[dict]
+///
+/// Removes every orphan (no live attachment, creator gone) for which `predicate(segment_dict)`
+/// is true (all orphans without a predicate); never a segment in use. With dry_run, removes
+/// nothing. Returns one {"segment", "removed", "skipped", "errno"} dict per orphan.
+#[pyfunction]
+#[pyo3(signature = (dry_run = false, predicate = None, all_users = false))]
+fn collect_garbage<'py>(
+    py: Python<'py>,
+    dry_run: bool,
+    predicate: Option<Py<PyAny>>,
+    all_users: bool,
+) -> PyResult<Vec<Bound<'py, PyDict>>> {
+    let mut predicate_error: Option<PyErr> = None;
+    let mut accept = |segment: &SegmentInfo| -> bool {
+        let Some(predicate) = &predicate else {
+            return true;
+        };
+        if predicate_error.is_some() {
+            return false;
+        }
+        Python::attach(|py| {
+            let verdict = segment_to_dict(py, segment)
+                .and_then(|d| predicate.call1(py, (d,)))
+                .and_then(|v| v.is_truthy(py));
+            verdict.unwrap_or_else(|e| {
+                predicate_error = Some(e);
+                false
+            })
+        })
+    };
+    let outcomes = py
+        .detach(|| inspect::collect_garbage(scope(all_users), dry_run, &mut accept))
+        .map_err(|e| to_exception(py, &e))?;
+    if let Some(error) = predicate_error {
+        return Err(error);
+    }
+    outcomes.iter().map(|o| outcome_to_dict(py, o)).collect()
+}
+
+/// shm_space() -> (free, total): bytes of the file system behind /dev/shm.
+#[pyfunction]
+fn shm_space(py: Python<'_>) -> PyResult<(u64, u64)> {
+    inspect::shm_space().map_err(|e| to_exception(py, &e))
+}
+
+/// Adds the inspection functions to the extension module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(list_segments, m)?)?;
+    m.add_function(wrap_pyfunction!(find_segments, m)?)?;
+    m.add_function(wrap_pyfunction!(read_segment, m)?)?;
+    m.add_function(wrap_pyfunction!(remove_segment, m)?)?;
+    m.add_function(wrap_pyfunction!(collect_garbage, m)?)?;
+    m.add_function(wrap_pyfunction!(shm_space, m)?)?;
+    Ok(())
+}
