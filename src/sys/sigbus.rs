@@ -22,7 +22,6 @@
 use std::ffi::{c_int, c_void};
 use std::ptr;
 use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 /// `si_code` of a `SIGBUS` for an address with no backing page (past the end of the file).
 const BUS_ADRERR: c_int = 2;
@@ -61,7 +60,6 @@ static PAGE: AtomicUsize = AtomicUsize::new(4096);
 static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(ptr::null_mut());
 /// Set once a signal was passed on to the previous handler (see [`pass_on`]).
 static PASSED_ON: AtomicBool = AtomicBool::new(false);
-static INSTALL: Mutex<()> = Mutex::new(());
 
 /// Starts watching `[start, start + len)`, mapped with protection `prot`. Returns the slot to
 /// pass to [`unregister`] and [`lost_pages`], or `None` if the table is full or the handler
@@ -130,9 +128,8 @@ fn find(addr: usize) -> Option<(usize, usize, c_int)> {
 /// example `faulthandler.enable()` or `faulthandler.disable()`; ours then goes back on top,
 /// passing other signals to that one). Returns whether it is installed.
 fn ensure_handler() -> bool {
-    let _guard = INSTALL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // No mutex here: a fork() while another thread held it would leave it locked forever in
+    // the child. Two threads installing at once are told apart below instead.
     let ours = on_sigbus as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
     let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: a NULL new action only queries; `current` is valid for writes of a sigaction.
@@ -160,6 +157,14 @@ fn ensure_handler() -> bool {
         // SAFETY: `previous` came from Box::into_raw above and was not published.
         drop(unsafe { Box::from_raw(previous) });
         return false;
+    }
+    // SAFETY: sigaction succeeded and wrote the old action into `previous`.
+    if unsafe { (*previous).sa_sigaction } == ours {
+        // Another thread installed ours in between: its old action is the one to pass on to
+        // (recording ours as our predecessor would make the handler call itself).
+        // SAFETY: `previous` came from Box::into_raw above and was not published.
+        drop(unsafe { Box::from_raw(previous) });
+        return true;
     }
     // The old value is leaked on purpose: a handler running on another thread may still read
     // it. This happens once per (re)installation, which only a foreign sigaction call causes.
