@@ -41,6 +41,7 @@ mod shared_memory;
 #[allow(dead_code, unused_imports)]
 mod sys;
 pub mod system_semaphore;
+mod testpoint;
 
 #[cfg(feature = "python")]
 #[allow(dead_code)]

@@ -273,6 +273,7 @@ impl LockPrimitive {
             Self::Mutex(att) => {
                 let control = att.control().ok_or(Errno(libc::EINVAL))?;
                 control.set_lock_owner(0);
+                crate::testpoint::step("unlock:owner-cleared");
                 mutex::unlock(control.mapping(), control.mutex_offset())
             }
             Self::SysV(sem) => release_sysv(sem, recovered),
@@ -304,6 +305,7 @@ fn mutex_result(att: &Attachment, got: MutexAcquired) -> Result<Acquired, LockFa
             Acquired::OwnerDied
         }
     };
+    crate::testpoint::step("lock:owned");
     control.set_lock_owner(process::pid());
     Ok(acquired)
 }
@@ -366,11 +368,23 @@ fn nowait(op: SemOp) -> SemOp {
     }
 }
 
+/// Errors of a System V lock attempt that mean "not this time": the lock is busy (`EAGAIN`),
+/// a signal arrived (`EINTR`), the set was replaced by one without a token (`EFBIG`), or it was
+/// removed under us again and again while we waited (`EIDRM`, `EINVAL`: the last user of a
+/// segment removes its lock, and the next attempt re-creates it, as Qt does). The caller tries
+/// again in its next wait slice, where its timeout and interrupt checks run.
+fn retry_later(errno: Errno) -> bool {
+    matches!(
+        errno,
+        Errno(libc::EAGAIN | libc::EINTR | libc::EFBIG | libc::EIDRM | libc::EINVAL)
+    )
+}
+
 /// Takes the lock whose holder died: semaphore 0 is free and the token is missing.
 fn try_recover_sysv(sem: &SysVSemaphore) -> Result<Option<Acquired>, LockFailure> {
     match sem.operate(&[nowait(TAKE_LOCK), TOKEN_MISSING], None) {
         Ok(()) => Ok(Some(Acquired::OwnerDied)),
-        Err(Errno(libc::EAGAIN | libc::EINTR | libc::EFBIG)) => Ok(None),
+        Err(e) if retry_later(e) => Ok(None),
         Err(e) => Err(LockFailure::Os(e)),
     }
 }
@@ -389,14 +403,14 @@ fn sysv_attempt(
             Ok(()) => return Ok(Some(Acquired::Locked)),
             // EAGAIN: timed out, lock busy, or the token is missing; EFBIG: the set was
             // replaced by one without a token. Either way, look for a dead holder next.
-            Err(Errno(libc::EAGAIN | libc::EINTR | libc::EFBIG)) => {}
+            Err(e) if retry_later(e) => {}
             Err(e) => return Err(LockFailure::Os(e)),
         }
         return try_recover_sysv(sem);
     }
     match sem.operate(&[take], wait) {
         Ok(()) => Ok(Some(Acquired::Locked)),
-        Err(Errno(libc::EAGAIN | libc::EINTR)) => Ok(None),
+        Err(e) if retry_later(e) => Ok(None),
         Err(e) => Err(LockFailure::Os(e)),
     }
 }

@@ -29,6 +29,7 @@ use crate::semaphore::SysVSemaphore;
 use crate::sys::mapping::{page_size, Mapping};
 use crate::sys::mutex::{self, MUTEX_RESERVED};
 use crate::sys::{posix, process, sysv, Errno};
+use crate::testpoint;
 
 /// `QSharedMemory::AccessMode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -482,7 +483,7 @@ struct Foreign {
     file_name: String,
     file: FileId,
     data: Mapping,
-    _fd: OwnedFd,
+    fd: OwnedFd,
 }
 
 #[derive(Debug)]
@@ -703,6 +704,48 @@ impl Attachment {
             _ => None,
         }
     }
+
+    /// Whether part of the memory was lost: the file shrank under the mapping (another process
+    /// truncated it) or could not provide a page (its file system ran full), and the pages were
+    /// replaced by private zero pages, so that the access did not kill the process with
+    /// `SIGBUS`. Such an attachment no longer shares that memory with anyone.
+    #[must_use]
+    pub fn lost_pages(&self) -> bool {
+        match &self.inner {
+            Inner::Owned(o) => {
+                o.data.lost_pages() || o.control.as_ref().is_some_and(|(m, _)| m.lost_pages())
+            }
+            Inner::Foreign(f) => f.data.lost_pages(),
+            Inner::SysV(_) => false,
+        }
+    }
+
+    /// What happened to an attachment that [lost pages](Self::lost_pages), for error texts.
+    pub(crate) fn damage(&self) -> String {
+        let (fd, mapped) = match &self.inner {
+            Inner::Owned(o) => {
+                let rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+                let size = rc.fd.as_ref().and_then(|fd| posix::fstat(fd.as_fd()).ok());
+                (size.map(|st| st.size), o.data.len())
+            }
+            Inner::Foreign(f) => (
+                posix::fstat(f.fd.as_fd()).ok().map(|st| st.size),
+                f.data.len(),
+            ),
+            Inner::SysV(s) => (None, s.mapping.as_ref().map_or(0, Mapping::len)),
+        };
+        match fd {
+            Some(now) if now < mapped as u64 => format!(
+                "the segment was truncated by another process ({mapped} bytes mapped, the file \
+                 now has {now}); the lost part is no longer shared"
+            ),
+            _ => format!(
+                "part of the segment could not be provided ({} is full); that part is no longer \
+                 shared",
+                posix::SHM_DIR
+            ),
+        }
+    }
 }
 
 impl Drop for Attachment {
@@ -749,7 +792,9 @@ impl Owned {
         let Some(fd) = rc.fd.as_ref() else { return };
         if let Ok(true) = posix::try_lock_exclusive(fd.as_fd()) {
             // Nobody else holds the segment: we are the last one out.
+            testpoint::step("detach:exclusive");
             let _ = posix::unlink_if_same(&self.file_name, fd.as_fd());
+            testpoint::step("detach:unlinked");
         }
     }
 }
@@ -762,6 +807,7 @@ impl SysVAttachment {
     fn detach(&mut self) {
         // shmdt needs no lock; only the "was that the last one?" decision does.
         drop(self.mapping.take());
+        testpoint::step("detach:unmapped");
         let (shmid, key_file, project_id) = (self.shmid, self.key_file.clone(), self.project_id);
         run_under_sysv_lock(
             &self.lock,
@@ -802,8 +848,8 @@ fn remove_if_unused(shmid: i32, key_file: &CString, project_id: u8, lock: &SysVS
     match sysv::shm_stat(shmid) {
         Ok(st) if st.attached == 0 => {
             let _ = sysv::shm_remove(shmid);
-            let _ = sysv::remove_key_file(key_file);
-            lock.remove();
+            testpoint::step("detach:removed");
+            remove_key_file_and_lock(key_file, lock);
             true
         }
         // Already destroyed: its key was removed (`remove()`, or `ipcrm`) while we were
@@ -811,12 +857,21 @@ fn remove_if_unused(shmid: i32, key_file: &CString, project_id: u8, lock: &SysVS
         // us; they go too unless a new segment has taken the key meanwhile (it would share
         // them). Nobody is creating one right now: creators hold the lock, and so do we.
         Err(Errno(libc::EINVAL | libc::EIDRM)) if !sysv_key_in_use(key_file, project_id) => {
-            let _ = sysv::remove_key_file(key_file);
-            lock.remove();
+            remove_key_file_and_lock(key_file, lock);
             true
         }
         _ => false,
     }
+}
+
+/// Removes a segment's key file and its lock (the set and the set's key file). New System V
+/// keys use one file for both: it is unlinked once, because a second unlink could remove the
+/// file that another process created in between, giving the key a second lock.
+fn remove_key_file_and_lock(key_file: &CString, lock: &SysVSemaphore) {
+    if key_file.as_bytes() != lock.native_key().as_bytes() {
+        let _ = sysv::remove_key_file(key_file);
+    }
+    lock.remove();
 }
 
 /// Whether a System V segment exists for the key file `key_file` right now.
@@ -966,8 +1021,15 @@ pub(crate) fn posix_file_name(native_key: &str) -> Result<String, Error> {
             &crate::error::SemaphoreError::from_errno("QSystemSemaphore::handle", e.0),
         ));
     }
-    posix::shm_file_name(native_key, false)
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.0))
+    posix::shm_file_name(native_key, false).map_err(|_| {
+        // Only "." and "..", which glibc would pass on (naming /dev/shm and /dev): Qt's text
+        // for a name shm_open refuses.
+        Error::with_errno(
+            ErrorKind::KeyError,
+            "QSharedMemory::attach (shm_open): bad name",
+            libc::EINVAL,
+        )
+    })
 }
 
 fn out_of_space(needed: usize) -> Error {
@@ -1007,6 +1069,7 @@ pub(crate) fn create_posix(
         libc::EFBIG | libc::EINVAL => Error::from_errno("QSharedMemory::create (ftruncate)", e.0),
         _ => Error::from_errno("QSharedMemory::create", e.0),
     })?;
+    testpoint::step("create:reserved");
     let whole = Mapping::map_file(fd.as_fd(), 0, total, true)
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
     let control = ControlPage {
@@ -1016,6 +1079,7 @@ pub(crate) fn create_posix(
     control
         .initialise(size, native_key, legacy_key)
         .map_err(|e| Error::from_errno("QSharedMemory::create (pthread_mutex_init)", e.0))?;
+    testpoint::step("create:initialised");
     let lock_fd = refcount_descriptor(fd.as_fd())?;
 
     let mut published = false;
@@ -1042,6 +1106,7 @@ pub(crate) fn create_posix(
             libc::EEXIST,
         ));
     }
+    testpoint::step("create:published");
 
     let file = posix::fstat(fd.as_fd())
         .map(|st| FileId::of(&st))
@@ -1146,8 +1211,10 @@ fn open_posix(file_name: &str, mode: AccessMode) -> Result<(OwnedFd, posix::File
                 Error::from_errno("QSharedMemory::attach (shm_open)", e.0)
             }
         })?;
+        testpoint::step("attach:opened");
         posix::lock_shared(fd.as_fd())
             .map_err(|e| Error::from_errno("QSharedMemory::attach (flock)", e.0))?;
+        testpoint::step("attach:counted");
         let st = posix::fstat(fd.as_fd())
             .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
         if st.nlink > 0 {
@@ -1209,6 +1276,7 @@ pub(crate) fn attach_posix(
     let data = open_again(file_name, fd.as_fd(), &st, writable)
         .and_then(|map_fd| Mapping::map_file(map_fd.as_fd(), 0, len, writable))
         .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
+    testpoint::step("attach:mapped");
     match classified {
         Classified::Ours { logical_size } => {
             let page = page_size();
@@ -1249,7 +1317,7 @@ pub(crate) fn attach_posix(
                     file_name: file_name.to_owned(),
                     file: FileId::of(&st),
                     data,
-                    _fd: fd,
+                    fd,
                 }),
             }))
         }
@@ -1400,7 +1468,10 @@ pub(crate) fn create_sysv(
         }
     }
     let id = match attempt {
-        Ok(id) => id,
+        Ok(id) => {
+            testpoint::step("create:segment");
+            id
+        }
         Err(Errno(libc::EINVAL)) => {
             forget_file(created_file);
             return Err(Error::with_errno(
@@ -1445,11 +1516,21 @@ pub(crate) fn attach_sysv(
             "QSharedMemory::handle:: unable to make key",
         )
     })?;
-    let key = sysv_key(&key_file, project_id)?;
     let perms = if mode.is_writable() { 0o600 } else { 0o400 };
-    let id = sysv::shm_get(key, 0, perms)
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.0))?;
-    attach_sysv_id(id, key_file, project_id, mode, lock)
+    let mut attempts = 0;
+    loop {
+        let key = sysv_key(&key_file, project_id)?;
+        let id = sysv::shm_get(key, 0, perms)
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.0))?;
+        match attach_sysv_id(id, key_file.clone(), project_id, mode, lock) {
+            // Removed between shmget and shmat (by a process that locked a lock set that
+            // replaced ours while the key file was being re-created): look the key up again.
+            Err(e) if matches!(e.errno(), Some(libc::EIDRM | libc::EINVAL)) && attempts < 8 => {
+                attempts += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn attach_sysv_id(

@@ -95,31 +95,51 @@ impl SysVSemaphore {
         Ok(sem)
     }
 
-    fn handle(&self, mode: SemMode) -> Result<i32, SemaphoreError> {
-        let created_file = sysv::create_key_file(&self.key_file).map_err(|_| {
-            SemaphoreError::new(
-                SemaphoreErrorKind::KeyError,
-                "QSystemSemaphore::handle:: unable to make key",
-            )
-        })?;
-        if created_file {
-            self.created_file.store(true, Ordering::Relaxed);
-        }
-        let key = sysv::ftok(&self.key_file, self.project_id).map_err(|_| {
+    /// Qt's key file, `ftok` and `semget`: the set's id and whether this call created it.
+    ///
+    /// The last user of a segment removes its key file and set at any moment (under the lock,
+    /// but opening the lock cannot take it): if the file vanishes between its creation and
+    /// `ftok`, or the set between the `EEXIST` and the open, start over. Qt opens the existing
+    /// set with `IPC_CREAT`, which in that race creates a set nobody initialises (value 0: the
+    /// lock is held forever); we open it without, and create it ourselves.
+    fn open_or_create_set(&self) -> Result<(i32, bool), SemaphoreError> {
+        let ftok_failed = || {
             SemaphoreError::new(
                 SemaphoreErrorKind::KeyError,
                 "QSystemSemaphore::handle:: ftok failed",
             )
-        })?;
-        let flags = 0o600 | libc::IPC_CREAT;
-        let (id, created) = match sysv::sem_get(key, self.create_size, flags | libc::IPC_EXCL) {
-            Ok(id) => (id, true),
-            Err(Errno(libc::EEXIST)) => match sysv::sem_get(key, 1, flags) {
-                Ok(id) => (id, false),
-                Err(e) => return Err(self.fail_handle(e)),
-            },
-            Err(e) => return Err(self.fail_handle(e)),
         };
+        for _ in 0..100 {
+            let created_file = sysv::create_key_file(&self.key_file).map_err(|_| {
+                SemaphoreError::new(
+                    SemaphoreErrorKind::KeyError,
+                    "QSystemSemaphore::handle:: unable to make key",
+                )
+            })?;
+            if created_file {
+                self.created_file.store(true, Ordering::Relaxed);
+            }
+            let key = match sysv::ftok(&self.key_file, self.project_id) {
+                Ok(key) => key,
+                Err(Errno(libc::ENOENT)) => continue,
+                Err(_) => return Err(ftok_failed()),
+            };
+            let flags = 0o600 | libc::IPC_CREAT | libc::IPC_EXCL;
+            return match sysv::sem_get(key, self.create_size, flags) {
+                Ok(id) => Ok((id, true)),
+                Err(Errno(libc::EEXIST)) => match sysv::sem_get(key, 0, 0o600) {
+                    Ok(id) => Ok((id, false)),
+                    Err(Errno(libc::ENOENT)) => continue,
+                    Err(e) => Err(self.fail_handle(e)),
+                },
+                Err(e) => Err(self.fail_handle(e)),
+            };
+        }
+        Err(ftok_failed())
+    }
+
+    fn handle(&self, mode: SemMode) -> Result<i32, SemaphoreError> {
+        let (id, created) = self.open_or_create_set()?;
         let size = if created {
             self.create_size
         } else {
@@ -136,8 +156,11 @@ impl SysVSemaphore {
         }
         if (created || mode == SemMode::Create) && self.initial_value >= 0 {
             // A set we just created starts at 0; the extra "consistent" token (if any) starts
-            // present. Qt's Create mode resets an existing set too.
-            for num in 0..size {
+            // present. Qt's Create mode resets an existing set too. The token goes first: once
+            // semaphore 0 is 1, other processes may lock, and a lock that is free while its
+            // token is missing means that its holder died (they would "recover" it, and the
+            // last detacher among them would remove the set we are still setting up).
+            for num in (0..size).rev() {
                 let value = if num == 0 { self.initial_value } else { 1 };
                 if let Err(e) = sysv::sem_set_value(id, num, value) {
                     return Err(self.fail_handle(e));

@@ -12,6 +12,7 @@ use crate::segment::{
 };
 use crate::semaphore::{PosixSemaphore, SemMode, SysVSemaphore, LOCK_SET_SIZE};
 use crate::sys::process;
+use crate::testpoint;
 
 /// The backend a key type selects (for shared memory and system semaphores alike).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,11 +126,15 @@ impl SharedMemory {
     }
 
     /// `QSharedMemory(const QNativeIpcKey &key)`. An unsupported key type leaves the key empty
-    /// and records `KeyError`, as Qt does.
+    /// (of that type, as in Qt, whose handle is built for the key's type) and records `KeyError`;
+    /// create() and attach() then fail with Qt's `initKey` error.
     #[must_use]
     pub fn with_key(key: NativeIpcKey) -> Self {
         let mut shm = Self::new();
-        let _ = shm.set_native_key(key);
+        let key_type = key.key_type();
+        if shm.set_native_key(key).is_err() {
+            shm.key = NativeIpcKey::new(String::new(), key_type);
+        }
         shm
     }
 
@@ -272,6 +277,13 @@ impl SharedMemory {
         self.owner_died
     }
 
+    /// The error for an operation on an attachment that lost part of its memory (the file
+    /// behind it shrank, see [`Attachment::lost_pages`]), if it did.
+    fn lost_memory_error(&self, function: &str, kind: ErrorKind) -> Option<Error> {
+        let att = self.attachment.as_ref().filter(|a| a.lost_pages())?;
+        Some(Error::new(kind, format!("{function}: {}", att.damage())))
+    }
+
     fn record(&mut self, error: Error) -> Error {
         self.last_error = Some(error.clone());
         error
@@ -338,11 +350,23 @@ impl SharedMemory {
     /// `creating` is Qt's semaphore mode (Create for create(), Open for attach()).
     fn init_key(&mut self, creating: bool) -> crate::Result<Backend> {
         let Some(found) = backend(self.key.key_type()) else {
+            // Only a handle constructed with an unsupported key has one (setNativeKey refuses
+            // them): Qt's embedded semaphore was built for that type and refuses it too.
             return Err(self.record(Error::new(
                 ErrorKind::KeyError,
-                "QSharedMemory::setNativeKey: unsupported key type",
+                "QSharedMemoryPrivate::initKey: unable to set key on lock \
+                 (QSystemSemaphore::setNativeKey: unsupported key type)",
             )));
         };
+        if self.key.native_key().contains('\0') {
+            // The OS takes names as C strings: Qt passes the bytes up to the NUL, so "a\0b"
+            // silently names the same object as "a". Refuse instead of aliasing two keys.
+            return Err(self.record(Error::new(
+                ErrorKind::KeyError,
+                "QSharedMemory::handle: key contains a NUL character (the OS would cut the name \
+                 there, making it the same key as its first part)",
+            )));
+        }
         match found {
             Backend::SysV { project_id } => {
                 let sem_key = match self.key.legacy_key() {
@@ -457,10 +481,32 @@ impl SharedMemory {
                 "QSharedMemory::lock: unable to lock",
             )));
         };
+        self.refuse_lost_memory()?;
         match primitive.acquire(timeout, interrupt) {
-            Ok(got) => Ok(self.note_locked(got)),
+            Ok(got) => {
+                self.release_if_lost(&primitive, got)?;
+                Ok(self.note_locked(got))
+            }
             Err(failure) => Err(self.lock_failure(failure)),
         }
+    }
+
+    /// A lock on memory that is no longer shared protects nothing: refuse it.
+    fn refuse_lost_memory(&mut self) -> crate::Result<()> {
+        match self.lost_memory_error("QSharedMemory::lock", ErrorKind::LockError) {
+            Some(error) => Err(self.record(error)),
+            None => Ok(()),
+        }
+    }
+
+    /// The memory may have been lost while the lock was being taken (the mutex itself lives in
+    /// the file): then give the lock back and refuse.
+    fn release_if_lost(&mut self, primitive: &LockPrimitive, got: Acquired) -> crate::Result<()> {
+        if self.attachment.as_ref().is_some_and(|a| a.lost_pages()) {
+            let _ = primitive.release(got == Acquired::OwnerDied);
+            return self.refuse_lost_memory();
+        }
+        Ok(())
     }
 
     /// One attempt to lock without waiting: `Ok(None)` if another holder has it.
@@ -472,14 +518,18 @@ impl SharedMemory {
         if self.held.is_some() {
             return Ok(Some(self.owner_died));
         }
-        let Some(primitive) = self.lock.as_ref() else {
+        let Some(primitive) = self.lock.clone() else {
             return Err(self.record(Error::new(
                 ErrorKind::LockError,
                 "QSharedMemory::lock: unable to lock",
             )));
         };
+        self.refuse_lost_memory()?;
         match primitive.try_acquire() {
-            Ok(Some(got)) => Ok(Some(self.note_locked(got))),
+            Ok(Some(got)) => {
+                self.release_if_lost(&primitive, got)?;
+                Ok(Some(self.note_locked(got)))
+            }
             Ok(None) => Ok(None),
             Err(failure) => Err(self.lock_failure(failure)),
         }
@@ -492,6 +542,7 @@ impl SharedMemory {
             thread: process::thread_id(),
         });
         self.owner_died = recovered;
+        testpoint::step("lock:acquired");
         recovered
     }
 
@@ -571,15 +622,18 @@ impl SharedMemory {
                 libc::EPERM,
             ))),
             Some(primitive) => {
+                testpoint::step("unlock:begin");
                 let released = primitive.release(held.recovered);
                 self.held = None;
-                released.map_err(|e| {
-                    self.record(Error::with_errno(
-                        ErrorKind::LockError,
-                        "QSharedMemory::unlock: unable to unlock",
-                        e.0,
-                    ))
-                })
+                released
+                    .map(|()| testpoint::step("unlock:released"))
+                    .map_err(|e| {
+                        self.record(Error::with_errno(
+                            ErrorKind::LockError,
+                            "QSharedMemory::unlock: unable to unlock",
+                            e.0,
+                        ))
+                    })
             }
         }
     }
@@ -631,10 +685,12 @@ impl SharedMemory {
         match backend {
             Backend::SysV { project_id } => {
                 let taken = self.lock_internally("QSharedMemory::create", interrupt)?;
+                testpoint::step("create:locked");
                 let result = if size == 0 {
                     Err(too_small())
                 } else if let Some(LockPrimitive::SysV(sem)) = &self.lock {
                     segment::create_sysv(self.key.native_key(), project_id, size, mode, sem)
+                        .inspect(|_| testpoint::step("create:attached"))
                 } else {
                     Err(Error::new(
                         ErrorKind::LockError,
@@ -704,10 +760,12 @@ impl SharedMemory {
         match self.init_key(false)? {
             Backend::SysV { project_id } => {
                 let taken = self.lock_internally("QSharedMemory::attach", interrupt)?;
+                testpoint::step("attach:locked");
                 let result = match &self.lock {
                     Some(LockPrimitive::SysV(sem)) => {
                         let result =
-                            segment::attach_sysv(self.key.native_key(), project_id, mode, sem);
+                            segment::attach_sysv(self.key.native_key(), project_id, mode, sem)
+                                .inspect(|_| testpoint::step("attach:attached"));
                         if result.is_err()
                             && sem.owns_semaphore()
                             && !segment::sysv_segment_exists(self.key.native_key(), project_id)
@@ -826,6 +884,8 @@ impl SharedMemory {
                 "QSharedMemory::detach: not attached",
             ));
         };
+        testpoint::step("detach:begin");
+        let lost = self.lost_memory_error("QSharedMemory::detach", ErrorKind::UnknownError);
         self.previous = self.attachment.as_ref().map(|att| Previous {
             identity: att.identity(),
             name_removed: att.name_removed(),
@@ -838,6 +898,7 @@ impl SharedMemory {
                 } else {
                     self.lock_internally("QSharedMemory::detach", interrupt)?
                 };
+                testpoint::step("detach:locked");
                 // Dropping the last reference detaches and, if nobody else is attached, removes
                 // the segment and its lock; the check sees that this thread holds the lock.
                 self.attachment = None;
@@ -861,7 +922,12 @@ impl SharedMemory {
                 self.attachment = None;
             }
         }
-        Ok(())
+        // The handle is detached either way; a segment that lost memory while attached is
+        // reported, so that the damage does not go unnoticed.
+        match lost {
+            Some(error) => Err(self.record(error)),
+            None => Ok(()),
+        }
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Mapping {
     len: usize,
     writable: bool,
     origin: Origin,
+    /// The slot of a file mapping in the `SIGBUS` watch table (see [`super::sigbus`]).
+    watch: Option<usize>,
 }
 
 // SAFETY: a `Mapping` is an address range that belongs to the whole process, not to a thread;
@@ -64,11 +66,14 @@ impl Mapping {
             return Err(Errno::last());
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno(libc::ENOMEM))?;
+        // A file can shrink under a mapping; a watched mapping survives the access past its end.
+        let watch = super::sigbus::register(ptr.as_ptr(), len, prot);
         Ok(Self {
             ptr,
             len,
             writable,
             origin: Origin::Mmap,
+            watch,
         })
     }
 
@@ -94,11 +99,13 @@ impl Mapping {
             return Err(Errno::last());
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno(libc::ENOMEM))?;
+        // Anonymous memory cannot shrink: no need to watch it.
         Ok(Self {
             ptr,
             len,
             writable: true,
             origin: Origin::Mmap,
+            watch: None,
         })
     }
 
@@ -112,11 +119,13 @@ impl Mapping {
             return Err(Errno::last());
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno(libc::ENOMEM))?;
+        // A System V segment cannot shrink: no need to watch it.
         Ok(Self {
             ptr,
             len,
             writable,
             origin: Origin::SysV,
+            watch: None,
         })
     }
 
@@ -130,6 +139,14 @@ impl Mapping {
     #[must_use]
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Whether pages of this mapping had to be replaced by private zero pages because the file
+    /// behind them shrank (another process truncated it) or could not provide them (its file
+    /// system ran full). The memory is then no longer shared with anyone.
+    #[must_use]
+    pub fn lost_pages(&self) -> bool {
+        self.watch.is_some_and(super::sigbus::lost_pages)
     }
 
     /// Whether the range was mapped writable.
@@ -240,6 +257,9 @@ impl Drop for Mapping {
         // Unmapping can only fail for an invalid range, which would be a bug in this module;
         // there is nothing useful to do about it in a destructor, so the result is ignored
         // rather than panicking (a panic in drop could abort the process).
+        if let Some(slot) = self.watch.take() {
+            super::sigbus::unregister(slot);
+        }
         match self.origin {
             Origin::Mmap => {
                 // SAFETY: `ptr`/`len` are exactly the range `mmap` returned, and this is the
@@ -300,6 +320,29 @@ mod tests {
         let fd = memfd(4096);
         let m = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 4096, false).unwrap();
         m.write_from(0, b"x");
+    }
+
+    #[test]
+    fn access_past_a_truncated_end_reads_zeros_instead_of_killing_the_process() {
+        let page = page_size();
+        let fd = memfd(3 * page);
+        let m = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 3 * page, true).unwrap();
+        m.write_from(0, b"kept");
+        m.write_from(2 * page, b"lost");
+        assert!(!m.lost_pages());
+        // SAFETY: valid fd, plain integer argument: another "process" shrinks the file.
+        let ret = unsafe { libc::ftruncate(fd.as_raw_fd(), page as libc::off_t) };
+        assert_eq!(ret, 0);
+        let mut out = [0xffu8; 4];
+        m.read_into(2 * page, &mut out);
+        assert_eq!(out, [0; 4], "the page past the end is a zero page now");
+        assert!(m.lost_pages());
+        m.write_from(3 * page - 4, b"ok!!");
+        m.read_into(0, &mut out);
+        assert_eq!(
+            &out, b"kept",
+            "the part inside the file is still the file's"
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod namedsem;
 pub mod posix;
 pub mod process;
 pub mod procfs;
+mod sigbus;
 pub mod sysv;
 
 pub use cvt::{strerror, Errno, SysResult};

@@ -17,10 +17,14 @@ const NAME_MAX: usize = 255;
 /// The file name in `/dev/shm` that `shm_open(name)` (or, with `sem_prefix`, `sem_open(name)`)
 /// uses, following glibc's `__shm_get_name`: leading slashes are dropped; an empty name, one
 /// with another `/`, or one of 254 bytes or more is `EINVAL`; a NUL byte cannot be passed to the
-/// C library at all and is `EINVAL` too.
+/// C library at all and is `EINVAL` too. Unlike glibc, `.` and `..` are `EINVAL` as well: as
+/// file names in `/dev/shm` they are the directory itself and `/dev`, never a segment.
 pub fn shm_file_name(name: &str, sem_prefix: bool) -> SysResult<String> {
     let bare = name.trim_start_matches('/');
     if bare.is_empty() || bare.len() + 1 >= NAME_MAX || bare.contains('/') || bare.contains('\0') {
+        return Err(Errno(libc::EINVAL));
+    }
+    if !sem_prefix && (bare == "." || bare == "..") {
         return Err(Errno(libc::EINVAL));
     }
     Ok(if sem_prefix {
@@ -341,7 +345,17 @@ mod tests {
         assert_eq!(shm_file_name("/abc", false).unwrap(), "abc");
         assert_eq!(shm_file_name("//abc", true).unwrap(), "sem.abc");
         assert_eq!(shm_file_name("abc", false).unwrap(), "abc");
-        for bad in ["", "/", "/a/b", "/a\0b"] {
+        assert_eq!(shm_file_name("/..", true).unwrap(), "sem...");
+        for bad in [
+            "",
+            "/",
+            "/a/b",
+            "/a\0b",
+            "/.",
+            "/..",
+            "..",
+            "/../etc/passwd",
+        ] {
             assert_eq!(
                 shm_file_name(bad, false),
                 Err(Errno(libc::EINVAL)),

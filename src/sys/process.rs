@@ -96,6 +96,31 @@ pub fn fork_generation() -> u64 {
     FORK_GENERATION.load(Ordering::Relaxed)
 }
 
+/// Writes `marker` to standard output (unbuffered, one `write`) and stops the calling process
+/// with `SIGSTOP`; it continues when it receives `SIGCONT`. For the test hook
+/// (`crate::testpoint`), so that a test can kill the process at an exact step.
+pub fn stop_self(marker: &str) {
+    let bytes = marker.as_bytes();
+    let mut written = 0;
+    while written < bytes.len() {
+        // SAFETY: the pointer and length describe the live, initialised rest of `bytes`.
+        let ret = unsafe {
+            libc::write(
+                libc::STDOUT_FILENO,
+                bytes[written..].as_ptr().cast(),
+                bytes.len() - written,
+            )
+        };
+        match usize::try_from(ret) {
+            Ok(n) if n > 0 => written += n,
+            _ if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) => {}
+            _ => break,
+        }
+    }
+    // SAFETY: raising a signal on the calling process has no memory-safety preconditions.
+    unsafe { libc::raise(libc::SIGSTOP) };
+}
+
 /// The user name of `uid` from the password database, if there is an entry.
 #[must_use]
 pub fn user_name(uid: u32) -> Option<String> {

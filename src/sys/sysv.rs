@@ -33,29 +33,36 @@ pub fn key_path(native_key: &str) -> SysResult<CString> {
 /// one, and `O_NOFOLLOW` makes the "already exists" case refuse it as well (`ELOOP`).
 pub fn create_key_file(path: &CString) -> SysResult<bool> {
     let flags = libc::O_EXCL | libc::O_CREAT | libc::O_RDWR | libc::O_CLOEXEC | libc::O_NOFOLLOW;
-    let result = retry(|| {
-        // SAFETY: `path` is a valid NUL-terminated string.
-        cvt(unsafe { libc::open(path.as_ptr(), flags, 0o640 as libc::c_uint) })
-    });
-    match result {
-        Ok(fd) => {
-            // SAFETY: `open` returned a new descriptor nobody else owns; dropping closes it.
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
-            Ok(true)
-        }
-        Err(Errno(libc::EEXIST)) => {
-            // Refuse a symbolic link where the key file should be.
-            let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-            // SAFETY: valid C string; `st` is valid for writes of a `struct stat`.
-            cvt(unsafe { libc::lstat(path.as_ptr(), st.as_mut_ptr()) })?;
-            // SAFETY: lstat succeeded and initialised the struct.
-            let st = unsafe { st.assume_init() };
-            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                return Err(Errno(libc::ELOOP));
+    loop {
+        let result = retry(|| {
+            // SAFETY: `path` is a valid NUL-terminated string.
+            cvt(unsafe { libc::open(path.as_ptr(), flags, 0o640 as libc::c_uint) })
+        });
+        return match result {
+            Ok(fd) => {
+                // SAFETY: `open` returned a new descriptor nobody else owns; dropping closes it.
+                drop(unsafe { OwnedFd::from_raw_fd(fd) });
+                Ok(true)
             }
-            Ok(false)
-        }
-        Err(e) => Err(e),
+            Err(Errno(libc::EEXIST)) => {
+                // Refuse a symbolic link where the key file should be.
+                let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+                // SAFETY: valid C string; `st` is valid for writes of a `struct stat`.
+                match cvt(unsafe { libc::lstat(path.as_ptr(), st.as_mut_ptr()) }) {
+                    // Removed between the two calls (by the last user of its segment): again.
+                    Err(Errno(libc::ENOENT)) => continue,
+                    Err(e) => return Err(e),
+                    Ok(_) => {}
+                }
+                // SAFETY: lstat succeeded and initialised the struct.
+                let st = unsafe { st.assume_init() };
+                if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+                    return Err(Errno(libc::ELOOP));
+                }
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        };
     }
 }
 

@@ -1,0 +1,62 @@
+//! A test-only fault-injection point, for crash tests with a real `SIGKILL` at an exact step.
+//!
+//! With `QSHAREDMEM_TEST_STOP_AT=<step>` (or `<step>@<n>`: the n-th time that step is reached)
+//! in its environment, a process that reaches the named step of create, attach, detach, lock or
+//! unlock prints `qsharedmem-test-stop <step> <pid>` on its standard output and stops itself
+//! (`SIGSTOP`). A test waits for that line and kills the process there; `SIGCONT` lets it go on.
+//!
+//! The variable is read once, at the first step any thread reaches. Unset (always, outside
+//! tests), a step costs one atomic load and a branch.
+//!
+//! The steps, in the order an operation passes them:
+//!
+//! | operation | qsharedmem POSIX segments | System V segments |
+//! |---|---|---|
+//! | create | `create:reserved` (unnamed file sized and reserved), `create:initialised` (control page written, not yet counted), `create:published` (named, counted, mapped) | `create:locked` (Qt's semaphore held), `create:segment` (`shmget` done, not attached), `create:attached` (attached, semaphore still held) |
+//! | attach | `attach:opened` (descriptor open, not yet counted), `attach:counted` (`LOCK_SH` held, not mapped), `attach:mapped` | `attach:locked`, `attach:attached` (semaphore still held) |
+//! | detach | `detach:begin`, `detach:exclusive` (last one: `LOCK_EX` held, name not yet removed), `detach:unlinked` | `detach:begin`, `detach:locked` (semaphore held, still attached), `detach:unmapped` (`shmdt` done, last-detacher check not yet made), `detach:removed` (segment removed, key file and semaphore not yet) |
+//! | lock | `lock:owned` (mutex taken, owner pid not yet recorded), `lock:acquired` | `lock:acquired` |
+//! | unlock | `unlock:begin`, `unlock:owner-cleared` (owner pid cleared, mutex still held), `unlock:released` | `unlock:begin`, `unlock:released` |
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+
+use crate::sys::process;
+
+/// The environment variable that names the step to stop at.
+pub const STOP_AT_VARIABLE: &str = "QSHAREDMEM_TEST_STOP_AT";
+
+/// The step to stop at and at which of its passes (1 = the first).
+struct Target {
+    step: String,
+    pass: u32,
+}
+
+static TARGET: OnceLock<Option<Target>> = OnceLock::new();
+static PASSES: AtomicU32 = AtomicU32::new(0);
+
+fn target() -> Option<&'static Target> {
+    TARGET
+        .get_or_init(|| {
+            let value = std::env::var(STOP_AT_VARIABLE).ok()?;
+            let (step, pass) = match value.rsplit_once('@') {
+                Some((step, n)) => (step, n.parse().ok().filter(|&n| n > 0)?),
+                None => (value.as_str(), 1),
+            };
+            Some(Target {
+                step: step.to_owned(),
+                pass,
+            })
+        })
+        .as_ref()
+}
+
+/// Marks the step `step`; stops the process there if the test hook names it.
+#[inline]
+pub(crate) fn step(step: &'static str) {
+    if let Some(target) = target() {
+        if target.step == step && PASSES.fetch_add(1, Ordering::Relaxed) + 1 == target.pass {
+            process::stop_self(&format!("qsharedmem-test-stop {step} {}\n", process::pid()));
+        }
+    }
+}

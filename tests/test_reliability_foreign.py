@@ -1,0 +1,414 @@
+"""Hostile surroundings: objects removed from outside, foreign or corrupt objects under our
+names, and a segment that a peer truncates while we have it mapped.
+
+* Removed from outside while attached (``rm /dev/shm/<name>``, ``ipcrm``, as systemd-logind's
+  ``RemoveIPC=yes`` does at logout): existing attachments keep working and keep sharing the same
+  memory; a new attach gets ``NotFound``; ``create()`` builds the key again, and the old
+  attachments' last detach does not touch the new segment; nothing leaks once everyone detached.
+* Foreign and corrupt objects: a 0-byte file, a file shorter than a page, a page without our
+  magic, our magic with a wrong version, a header whose size does not fit the file. ``attach()``
+  gives a clear error or treats the object as foreign (as Qt does), ``create()`` refuses to touch
+  it, nothing is read out of bounds, and the process survives (the attaches run in child
+  processes, whose exit status shows any crash). Where Qt defines the outcome, PySide6 is asked
+  live and must agree.
+* A peer truncates the file under a live attachment: the attached process reads and writes
+  every byte of its ``memoryview`` without dying (src/sys/sigbus.rs), and its next ``lock()`` and
+  ``detach()`` say that the segment was truncated by another process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+import qsharedmem
+from conftest import ChildProcesses, KeyRegistry, load_impl, sysv_objects_for_file
+from reliability_support import new_key, start_agent
+
+S = qsharedmem.QSharedMemory
+K = qsharedmem.QNativeIpcKey
+PAGE = os.sysconf("SC_PAGE_SIZE")
+DEV_SHM = Path("/dev/shm")
+
+
+def shm_path(key) -> Path:
+    return DEV_SHM / key.nativeKey().lstrip("/")
+
+
+def sysv_key_file(key) -> Path:
+    return Path(key.nativeKey())
+
+
+def sysv_ids(key) -> dict[str, list[int]]:
+    objects = sysv_objects_for_file(sysv_key_file(key))
+    return {kind: sorted(o.ident for o in objects if o.kind == kind) for kind in ("shm", "sem")}
+
+
+# ------------------------------------------------------------------------------------------------
+# Removed from outside while attached
+
+
+def remove_from_outside(backend: str, key, with_semaphores: bool) -> None:
+    """What an administrator or systemd's RemoveIPC does, with the real tools."""
+    if backend == "posix":
+        subprocess.run(["rm", "-f", str(shm_path(key))], check=True)
+        return
+    ids = sysv_ids(key)
+    assert len(ids["shm"]) == 1, ids
+    subprocess.run(["ipcrm", "-m", str(ids["shm"][0])], check=True)
+    if with_semaphores:
+        for sem in ids["sem"]:
+            subprocess.run(["ipcrm", "-s", str(sem)], check=True)
+
+
+@pytest.mark.parametrize("recreate", [False, True], ids=["no-recreate", "recreate"])
+@pytest.mark.parametrize(
+    ("backend", "with_semaphores"),
+    [("posix", False), ("sysv", False), ("sysv", True)],
+    ids=["posix-rm", "sysv-ipcrm-m", "sysv-ipcrm-m-s"],
+)
+def test_removed_from_outside_while_attached(
+    backend: str,
+    with_semaphores: bool,
+    recreate: bool,
+    make_key: KeyRegistry,
+    procs: ChildProcesses,
+) -> None:
+    name = "removed"
+    key = new_key(qsharedmem, make_key, name, backend)
+    owner = S(key)
+    assert owner.create(4096), owner.errorString()
+    owner.data()[:4] = b"old!"
+    peer = start_agent(procs)
+    assert peer.call("key", "h", key.toString()).r is True
+    assert peer.call("attach", "h").r is True
+
+    remove_from_outside(backend, key, with_semaphores)
+
+    # The existing attachments keep working and share the same memory and lock.
+    assert peer.call("read", "h", 0, 4).r == b"old!".hex()
+    assert peer.call("lock", "h", 10).r is True
+    assert peer.call("write", "h", 4, "2a").r is True
+    assert peer.call("unlock", "h").r is True
+    assert owner.lock(10), owner.errorString()
+    assert bytes(owner.constData()[:5]) == b"old!*"
+    assert owner.unlock()
+
+    # A new attach finds nothing.
+    late = S(key)
+    assert not late.attach()
+    assert late.error() == S.SharedMemoryError.NotFound, late.errorString()
+    expected = {
+        "posix": "QSharedMemory::attach (shm_open): doesn't exist",
+        "sysv": "QSharedMemory::attach (shmget): doesn't exist",
+    }[backend]
+    assert late.errorString() == expected
+
+    fresh = None
+    if recreate:
+        # create() builds the key again: a new, separate segment.
+        fresh = S(key)
+        assert fresh.create(4096), fresh.errorString()
+        assert bytes(fresh.constData()[:5]) == bytes(5)
+        fresh.data()[:4] = b"new!"
+        assert fresh.lock(10) and fresh.unlock()
+
+    # The old attachments leave; the last of them must not remove the new segment.
+    assert peer.call("detach", "h").r is True
+    assert owner.detach()
+    if fresh is not None:
+        reader = S(key)
+        assert reader.attach(), reader.errorString()
+        assert bytes(reader.constData()[:4]) == b"new!"
+        assert reader.detach()
+        assert fresh.lock(10) and fresh.unlock()
+        assert fresh.detach()
+    assert peer.finish() == 0
+    del owner, late, fresh
+    assert make_key.leftovers(make_key(name)) == []
+
+
+@pytest.mark.parametrize(
+    ("backend", "with_semaphores"),
+    [("posix", False), ("sysv", False), ("sysv", True)],
+    ids=["posix-rm", "sysv-ipcrm-m", "sysv-ipcrm-m-s"],
+)
+def test_removed_from_outside_after_its_creator_crashed(
+    backend: str, with_semaphores: bool, make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    """Nobody left who created the lock: the last detacher still removes everything."""
+    name = "removed-crashed"
+    key = new_key(qsharedmem, make_key, name, backend)
+    creator = start_agent(procs)
+    assert creator.call("key", "h", key.toString()).r is True
+    assert creator.call("create", "h", 4096).r is True
+    assert creator.call("write", "h", 0, "c0ffee").r is True
+    user = S(key)
+    assert user.attach(), user.errorString()
+    creator.kill()
+    remove_from_outside(backend, key, with_semaphores)
+    assert bytes(user.constData()[:3]) == bytes.fromhex("c0ffee")
+    assert user.lock(10), user.errorString()
+    assert user.unlock()
+    assert user.detach()
+    del user
+    assert make_key.leftovers(make_key(name)) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Foreign and corrupt objects under our names
+
+CHECK_CHILD = r"""
+import json, os, sys
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+impl, key = sys.argv[1:3]
+if impl == "pyside6":
+    from PySide6.QtCore import QNativeIpcKey, QSharedMemory
+else:
+    from qsharedmem import QNativeIpcKey, QSharedMemory
+sm = QSharedMemory(QNativeIpcKey.fromString(key))
+ok = sm.attach()
+seen = [ok, sm.error().name, sm.errorString(), sm.size()]
+if ok:
+    seen.append(sum(bytes(memoryview(sm.constData()))))  # every byte, no further
+    sm.detach()
+other = QSharedMemory(QNativeIpcKey.fromString(key))
+seen += [other.create(64), other.error().name, other.errorString()]
+print(json.dumps(seen), flush=True)
+"""
+
+
+def valid_segment_bytes(size: int) -> bytes:
+    """The bytes of a real qsharedmem segment of ``size`` bytes (data, padding, control page)."""
+    key = K(f"/tstshm_{os.getpid()}_template", K.Type.PosixRealtime)
+    template = S(key)
+    assert template.create(size), template.errorString()
+    try:
+        return shm_path(key).read_bytes()
+    finally:
+        assert template.detach()
+
+
+def patched_control(size: int, **fields: int) -> bytes:
+    """A qsharedmem segment image with control-page fields overwritten."""
+    image = bytearray(valid_segment_bytes(size))
+    base = len(image) - PAGE
+    offsets = {"version": (8, "=I"), "page_size": (12, "=I"), "logical_size": (16, "=Q")}
+    for field, value in fields.items():
+        at, fmt = offsets[field]
+        struct.pack_into(fmt, image, base + at, value)
+    return bytes(image)
+
+
+def our_magic_in_short_file() -> bytes:
+    image = valid_segment_bytes(100)
+    return image[len(image) - PAGE :][:200]  # magic at offset 0, far shorter than a page
+
+
+CORRUPT = {
+    # label: (file contents, outcome: "foreign" or the qsharedmem error text prefix, Qt defined)
+    "0-byte file": (b"", "QSharedMemory::attach (mmap): unknown error: Invalid argument", True),
+    "shorter than a page": (b"x" * 100, "foreign", True),
+    "a page without our magic": (b"\x07" * PAGE, "foreign", True),
+    "two pages, zeros": (bytes(2 * PAGE), "foreign", True),
+    "our magic in a short file": (our_magic_in_short_file, "foreign", True),
+    "our magic, wrong version": (
+        lambda: patched_control(100, version=7),
+        "QSharedMemory::attach: unsupported qsharedmem segment layout version 7",
+        False,
+    ),
+    "size larger than the file": (
+        lambda: patched_control(100, logical_size=1 << 40),
+        "QSharedMemory::attach: corrupt qsharedmem segment (header says 1099511627776 bytes, "
+        "file has 8192)",
+        False,
+    ),
+    "size zero": (
+        lambda: patched_control(100, logical_size=0),
+        "QSharedMemory::attach: corrupt qsharedmem segment (header says 0 bytes, file has 8192)",
+        False,
+    ),
+    "wrong page size": (
+        lambda: patched_control(100, page_size=PAGE * 2),
+        "QSharedMemory::attach: corrupt qsharedmem segment (header says 100 bytes, file has 8192)",
+        False,
+    ),
+    "truncated to an odd size": (
+        lambda: valid_segment_bytes(3 * PAGE)[: 3 * PAGE + 123],
+        "foreign",
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("label", list(CORRUPT))
+def test_foreign_or_corrupt_object_under_our_name(
+    label: str, make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    contents, outcome, qt_defined = CORRUPT[label]
+    if callable(contents):
+        contents = contents()
+    key = new_key(qsharedmem, make_key, "corrupt", "posix")
+    path = shm_path(key)
+    path.write_bytes(contents)
+    os.chmod(path, 0o600)
+    before = path.read_bytes()
+
+    result = procs.run_python(CHECK_CHILD, "qsharedmem", key.toString())
+    assert result.returncode == 0, result  # no SIGBUS, no segfault
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    ok, error, text, size = seen[:4]
+    if outcome == "foreign":
+        assert [ok, error, text, size] == [True, "NoError", "", len(contents)]
+        assert seen[4] == sum(contents), "data() must be exactly the file"
+    else:
+        assert [ok, error, text, size] == [False, "UnknownError", outcome, 0]
+    # create() never removes or alters someone else's (or a damaged) object.
+    assert seen[-3:] == [False, "AlreadyExists", "QSharedMemory::attach (shm_open): already exists"]
+    assert path.read_bytes() == before
+    assert make_key.leftovers(make_key("corrupt")) == [str(path)], "nothing else left"
+
+    if qt_defined:
+        qt = procs.run_python(CHECK_CHILD, "pyside6", key.toString())
+        assert qt.returncode == 0, qt
+        assert json.loads(qt.stdout.strip().splitlines()[-1]) == seen
+
+
+# ------------------------------------------------------------------------------------------------
+# A peer truncates the file under a live attachment
+
+
+@pytest.mark.parametrize("new_size", [0, 1, PAGE], ids=["to-0", "to-1", "to-a-page"])
+@pytest.mark.parametrize("mode", [1, 0], ids=["ReadWrite", "ReadOnly"])
+def test_peer_truncates_the_file_under_an_attachment(
+    new_size: int, mode: int, make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    size = 5 * PAGE + 10
+    key = new_key(qsharedmem, make_key, "truncated", "posix")
+    owner = S(key)
+    assert owner.create(size), owner.errorString()
+    owner.data()[:] = b"\x01" * size
+    victim = start_agent(procs)
+    assert victim.call("key", "h", key.toString()).r is True
+    assert victim.call("attach", "h", mode).r is True
+    assert victim.call("sum", "h").r == size
+
+    # The peer (this process) shrinks the file under the victim's mapping.
+    fd = os.open(shm_path(key), os.O_RDWR)
+    try:
+        os.ftruncate(fd, new_size)
+    finally:
+        os.close(fd)
+
+    # Every byte past the new end reads as zero instead of killing the victim with SIGBUS.
+    # (the bytes between the new end and the end of its page were zeroed by the truncation)
+    assert victim.call("sum", "h").r == new_size
+    if mode == 1:
+        assert victim.call("fill", "h", 2).r == size
+        assert victim.call("sum", "h").r == 2 * size
+    truncated = "the segment was truncated by another process"
+    reply = victim.call("lock", "h", 5)
+    assert reply.r is False
+    assert reply.e[0] == "LockError" and truncated in reply.e[1], reply
+    reply = victim.call("detach", "h")
+    assert reply.r is False, "detach() reports the damage"
+    assert reply.e[0] == "UnknownError" and truncated in reply.e[1], reply
+    assert victim.call("attached", "h").r is False, "... and detaches anyway"
+    assert victim.finish() == 0
+
+    # The owner's own mapping was truncated too; it survives and is told as well.
+    assert sum(bytes(owner.constData())) <= size
+    assert not owner.lock(5)
+    assert truncated in owner.errorString()
+    assert not owner.detach()
+    assert not owner.isAttached()
+    del owner
+    assert make_key.leftovers(make_key("truncated")) == []
+
+
+def test_peer_truncates_a_foreign_segment(procs: ChildProcesses) -> None:
+    """A multiprocessing.shared_memory segment (not ours) shrinking under a qsharedmem reader."""
+    from multiprocessing import shared_memory
+
+    segment = shared_memory.SharedMemory(create=True, size=4 * PAGE)
+    try:
+        segment.buf[:] = b"\x03" * (4 * PAGE)
+        key = K("/" + segment.name.lstrip("/"), K.Type.PosixRealtime)
+        victim = start_agent(procs)
+        assert victim.call("key", "h", key.toString()).r is True
+        assert victim.call("attach", "h").r is True
+        assert victim.call("size", "h").r == 4 * PAGE
+        os.ftruncate(segment._fd, PAGE)
+        assert victim.call("sum", "h").r == 3 * PAGE
+        assert victim.call("fill", "h", 1).r == 4 * PAGE
+        reply = victim.call("detach", "h")
+        assert reply.r is False and "truncated by another process" in reply.e[1]
+        assert victim.finish() == 0
+    finally:
+        segment.close()
+        segment.unlink()
+        with_sem = DEV_SHM / ("sem." + segment.name.lstrip("/"))
+        assert not with_sem.exists(), "qsharedmem removes Qt's semaphore it created"
+
+
+def test_sigbus_outside_our_mappings_still_kills(procs: ChildProcesses) -> None:
+    """The handler only answers for qsharedmem's mappings: any other SIGBUS keeps its default
+    action (and Python's faulthandler still reports it)."""
+    code = r"""
+import faulthandler, mmap, os, sys
+import qsharedmem
+if sys.argv[1] == "faulthandler":
+    faulthandler.enable()
+k = qsharedmem.QSharedMemory.platformSafeKey(f"tstshm_{os.getpid()}_sigbus")
+sm = qsharedmem.QSharedMemory(k)
+assert sm.create(4096)   # installs the handler
+sm.detach()
+path = f"/dev/shm/tstshm_{os.getpid()}_plain"
+with open(path, "w+b") as f:
+    f.truncate(2 * 4096)
+    m = mmap.mmap(f.fileno(), 2 * 4096)
+    f.truncate(0)
+os.unlink(path)
+print("touching", flush=True)
+m[5000]
+print("survived", flush=True)
+"""
+    for mode in ("plain", "faulthandler"):
+        result = procs.run_python(code, mode)
+        assert result.returncode == -7, result  # SIGBUS
+        assert "survived" not in result.stdout
+        assert ("Fatal Python error: Bus error" in result.stderr) == (mode == "faulthandler")
+
+
+def test_a_pyside6_reader_dies_where_qsharedmem_survives(
+    make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    """The same truncation of a Qt segment kills a PySide6 reader (SIGBUS)."""
+    pyside = load_impl("pyside6")
+    key = make_key.record(
+        pyside.QSharedMemory.platformSafeKey(make_key("qtdies"), pyside.key_type("POSIX"))
+    )
+    path = DEV_SHM / key.nativeKey().lstrip("/")
+    for impl in ("pyside6", "qsharedmem"):
+        owner = pyside.QSharedMemory(key)
+        assert owner.create(4 * PAGE), owner.errorString()
+        memoryview(owner.data())[:] = b"\x01" * (4 * PAGE)
+        victim = start_agent(procs, impl)
+        assert victim.call("key", "h", key.toString()).r is True
+        assert victim.call("attach", "h").r is True
+        fd = os.open(path, os.O_RDWR)
+        os.ftruncate(fd, PAGE)
+        os.close(fd)
+        victim.send("sum", "h")
+        if impl == "pyside6":
+            assert victim.child.wait() == -7  # killed by SIGBUS
+        else:
+            assert victim.result().r == PAGE  # every byte read; the lost ones as zeros
+            assert victim.finish() == 0
+        owner.detach()
+        del owner
+        path.unlink()  # Qt leaks its POSIX segments
