@@ -30,21 +30,14 @@ pub mod error;
 pub mod inspect;
 pub mod key;
 pub mod lock;
-// `segment`, `semaphore`, `sys` and `python` hold helpers for the CLI (list/gc/inspect) and for
-// QSystemSemaphore, which are being built on other branches; until they land those helpers are
-// unused. TODO: remove these `allow`s when they do.
-#[allow(dead_code)]
 pub mod segment;
-#[allow(dead_code)]
 mod semaphore;
 mod shared_memory;
-#[allow(dead_code, unused_imports)]
 mod sys;
 pub mod system_semaphore;
 mod testpoint;
 
 #[cfg(feature = "python")]
-#[allow(dead_code)]
 mod python;
 
 pub use error::{Error, ErrorKind, Result, SemaphoreError, SemaphoreErrorKind};

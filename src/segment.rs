@@ -552,18 +552,6 @@ impl Attachment {
         }
     }
 
-    /// The control page for reading (also for read-only attachments without write access).
-    #[allow(dead_code, reason = "not called yet; kept for the issues that need it")]
-    pub(crate) fn control_for_reading(&self) -> Option<ControlPage<'_>> {
-        let Inner::Owned(o) = &self.inner else {
-            return None;
-        };
-        Some(ControlPage {
-            map: &o.data,
-            base: o.control_base,
-        })
-    }
-
     /// After `fork()`, in the child: take a lock of the child's own on the segment, so that the
     /// parent's detach cannot destroy it while the child uses it, and the child's detach cannot
     /// destroy it while the parent does. Idempotent; a no-op for other kinds of segment (the
@@ -641,15 +629,6 @@ impl Attachment {
         Some((st.dev, st.ino, o.file_name.clone(), fd))
     }
 
-    /// The file name in `/dev/shm` (POSIX segments).
-    #[allow(dead_code, reason = "not called yet; kept for the issues that need it")]
-    pub(crate) fn posix_file_name(&self) -> Option<&str> {
-        match &self.inner {
-            Inner::Owned(o) => Some(&o.file_name),
-            _ => None,
-        }
-    }
-
     /// What identifies this segment once detached.
     pub(crate) fn identity(&self) -> SegmentIdentity {
         match &self.inner {
@@ -697,7 +676,6 @@ impl Attachment {
     }
 
     /// The System V segment id.
-    #[allow(dead_code, reason = "not called yet; kept for the issues that need it")]
     pub(crate) fn sysv_id(&self) -> Option<i32> {
         match &self.inner {
             Inner::SysV(s) => Some(s.shmid),

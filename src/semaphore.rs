@@ -361,13 +361,6 @@ impl SysVSemaphore {
         }
     }
 
-    /// Forget ownership: after this, [`Self::clean_handle`] removes nothing.
-    #[allow(dead_code, reason = "not called yet; kept for the issues that need it")]
-    pub(crate) fn disown(&self) {
-        self.created_file.store(false, Ordering::Relaxed);
-        self.created_semaphore.store(false, Ordering::Relaxed);
-    }
-
     /// Whether this object created the set (so that, by Qt's rules, it cleans it up).
     pub(crate) fn owns_semaphore(&self) -> bool {
         self.created_semaphore.load(Ordering::Relaxed)

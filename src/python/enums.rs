@@ -31,16 +31,8 @@ macro_rules! enum_class_fn {
 enum_class_fn!(key_type_class, "KeyType");
 enum_class_fn!(access_mode_class, "AccessMode");
 enum_class_fn!(shared_memory_error_class, "SharedMemoryError");
-enum_class_fn!(
-    #[allow(dead_code, reason = "for QSystemSemaphore, not bound yet")]
-    semaphore_access_mode_class,
-    "SystemSemaphoreAccessMode"
-);
-enum_class_fn!(
-    #[allow(dead_code, reason = "for QSystemSemaphore, not bound yet")]
-    semaphore_error_class,
-    "SystemSemaphoreError"
-);
+enum_class_fn!(semaphore_access_mode_class, "SystemSemaphoreAccessMode");
+enum_class_fn!(semaphore_error_class, "SystemSemaphoreError");
 
 /// Makes every member of `enum_classes` an attribute of `class` as well (`QSharedMemory.ReadOnly`
 /// next to `QSharedMemory.AccessMode.ReadOnly`), as in PySide6.

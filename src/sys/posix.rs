@@ -112,13 +112,6 @@ pub fn open_existing(file_name: &str, writable: bool) -> SysResult<OwnedFd> {
     )
 }
 
-/// `shm_open(name, O_RDWR|O_CREAT|O_EXCL, mode)`: a new, named, empty object (Qt's way).
-#[allow(dead_code, reason = "not called yet; kept for the issues that need it")]
-pub fn create_named(file_name: &str, mode: libc::mode_t) -> SysResult<OwnedFd> {
-    let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-    open_path(&shm_path(file_name)?, flags, mode)
-}
-
 /// Opens another descriptor (a new open file description) for the file `fd` refers to, through
 /// `/proc/self/fd`; this works even after the name was unlinked.
 pub fn reopen(fd: BorrowedFd<'_>, writable: bool) -> SysResult<OwnedFd> {

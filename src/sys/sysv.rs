@@ -73,8 +73,8 @@ pub fn remove_key_file(path: &CString) -> SysResult<()> {
 }
 
 /// Whether a file exists at `path` (without following a final symbolic link).
+#[cfg(test)]
 #[must_use]
-#[allow(dead_code, reason = "not called yet; kept for the issues that need it")]
 pub fn key_file_exists(path: &CString) -> bool {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid C string; `st` is valid for writes of a `struct stat`.
