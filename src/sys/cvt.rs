@@ -3,6 +3,7 @@
 use std::ffi::{c_int, CString};
 use std::fmt;
 use std::io;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// An OS error number (`errno`).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -44,6 +45,20 @@ pub(crate) fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
             Err(Errno(libc::EINTR)) => continue,
             other => return other,
         }
+    }
+}
+
+/// The absolute `CLOCK_REALTIME` time `wait` from now, as the `*_timedwait`/`*_timedlock`
+/// calls take it. Callers wait in slices of at most 100 ms, so a wall-clock step can distort
+/// one slice, not a whole wait.
+pub(crate) fn realtime_deadline(wait: Duration) -> libc::timespec {
+    let deadline = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .saturating_add(wait);
+    libc::timespec {
+        tv_sec: libc::time_t::try_from(deadline.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_nsec: libc::c_long::from(deadline.subsec_nanos() as i32),
     }
 }
 

@@ -9,9 +9,9 @@
 //! Uncontended lock and unlock stay in user space (a futex word), about 30 ns each.
 
 use std::mem::{align_of, size_of};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use super::cvt::{Errno, SysResult};
+use super::cvt::{realtime_deadline, Errno, SysResult};
 use super::mapping::Mapping;
 
 /// Bytes reserved for the mutex in the control page (a `pthread_mutex_t` is 40 bytes on
@@ -103,16 +103,8 @@ pub fn try_lock(map: &Mapping, offset: usize) -> SysResult<Acquired> {
 /// already holds the mutex, `ENOTRECOVERABLE` if a previous owner-died recovery was abandoned.
 pub fn lock_for(map: &Mapping, offset: usize, wait: Duration) -> SysResult<Acquired> {
     let mutex = mutex_ptr(map, offset)?;
-    // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline. Callers wait in
-    // slices of at most 100 ms, so a wall-clock step can distort one slice, not the wait.
-    let deadline = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .saturating_add(wait);
-    let ts = libc::timespec {
-        tv_sec: libc::time_t::try_from(deadline.as_secs()).unwrap_or(libc::time_t::MAX),
-        tv_nsec: libc::c_long::from(deadline.subsec_nanos() as i32),
-    };
+    // pthread_mutex_timedlock takes an absolute CLOCK_REALTIME deadline.
+    let ts = realtime_deadline(wait);
     // SAFETY: as in `try_lock`; `ts` is a valid timespec that outlives the call.
     outcome(unsafe { libc::pthread_mutex_timedlock(mutex, &ts) })
 }

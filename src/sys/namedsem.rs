@@ -2,9 +2,9 @@
 
 use std::ffi::CString;
 use std::ptr::NonNull;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use super::cvt::{c_string, cvt, retry, Errno, SysResult};
+use super::cvt::{c_string, cvt, realtime_deadline, retry, Errno, SysResult};
 
 /// An open named semaphore, closed (`sem_close`) when dropped.
 #[derive(Debug)]
@@ -75,14 +75,7 @@ impl NamedSemaphore {
     /// `sem_timedwait` for at most `wait`: `ETIMEDOUT` when it passes; `EINTR` is returned so
     /// that callers can look at signals.
     pub fn wait_for(&self, wait: Duration) -> SysResult<()> {
-        let deadline = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .saturating_add(wait);
-        let ts = libc::timespec {
-            tv_sec: libc::time_t::try_from(deadline.as_secs()).unwrap_or(libc::time_t::MAX),
-            tv_nsec: libc::c_long::from(deadline.subsec_nanos() as i32),
-        };
+        let ts = realtime_deadline(wait);
         // SAFETY: `sem` is open; `ts` is a valid timespec that outlives the call.
         cvt(unsafe { libc::sem_timedwait(self.sem.as_ptr(), &ts) }).map(drop)
     }
