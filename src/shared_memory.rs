@@ -484,7 +484,7 @@ impl SharedMemory {
         self.refuse_lost_memory()?;
         match primitive.acquire(timeout, interrupt) {
             Ok(got) => {
-                self.release_if_lost(&primitive, got)?;
+                self.release_if_lost(got)?;
                 Ok(self.note_locked(got))
             }
             Err(failure) => Err(self.lock_failure(failure)),
@@ -501,9 +501,11 @@ impl SharedMemory {
 
     /// The memory may have been lost while the lock was being taken (the mutex itself lives in
     /// the file): then give the lock back and refuse.
-    fn release_if_lost(&mut self, primitive: &LockPrimitive, got: Acquired) -> crate::Result<()> {
+    fn release_if_lost(&mut self, got: Acquired) -> crate::Result<()> {
         if self.attachment.as_ref().is_some_and(|a| a.lost_pages()) {
-            let _ = primitive.release(got == Acquired::OwnerDied);
+            if let Some(primitive) = &self.lock {
+                let _ = primitive.release(got == Acquired::OwnerDied);
+            }
             return self.refuse_lost_memory();
         }
         Ok(())
@@ -518,20 +520,22 @@ impl SharedMemory {
         if self.held.is_some() {
             return Ok(Some(self.owner_died));
         }
-        let Some(primitive) = self.lock.clone() else {
+        if self.lock.is_none() {
             return Err(self.record(Error::new(
                 ErrorKind::LockError,
                 "QSharedMemory::lock: unable to lock",
             )));
-        };
+        }
         self.refuse_lost_memory()?;
-        match primitive.try_acquire() {
-            Ok(Some(got)) => {
-                self.release_if_lost(&primitive, got)?;
+        // Borrowed, not cloned, as in `unlock`: this is the uncontended lock()'s whole path.
+        let attempt = self.lock.as_ref().map(LockPrimitive::try_acquire);
+        match attempt {
+            Some(Ok(Some(got))) => {
+                self.release_if_lost(got)?;
                 Ok(Some(self.note_locked(got)))
             }
-            Ok(None) => Ok(None),
-            Err(failure) => Err(self.lock_failure(failure)),
+            Some(Ok(None)) | None => Ok(None),
+            Some(Err(failure)) => Err(self.lock_failure(failure)),
         }
     }
 
