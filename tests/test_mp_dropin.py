@@ -671,6 +671,31 @@ def test_a_lock_holder_that_dies_does_not_block_everyone():
             assert shm.lock_owner_died
 
 
+def create_write_and_die(name: str) -> None:
+    shm = SharedMemory(name, create=True, size=64)
+    shm.buf[:6] = b"saved!"
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_an_orphan_left_by_a_crash_can_be_read_and_its_close_destroys_it(make_key):
+    """The last user SIGKILLed: the file stays, an attach by name recovers what it wrote, and
+    that handle's close() is the last detach, so it removes the file."""
+    name = make_key("orphan")
+    p = multiprocessing.get_context("fork").Process(target=create_write_and_die, args=(name,))
+    p.start()
+    p.join(TIMEOUT)
+    assert p.exitcode == -signal.SIGKILL
+    assert exists(name), "the crash removed the segment"
+    shm = SharedMemory(name)
+    assert shm.size == 64
+    assert bytes(shm.buf[:6]) == b"saved!"
+    shm.close()
+    assert not exists(name)
+    # and a new segment can be made under the name
+    with SharedMemory(name, create=True, size=8) as again:
+        assert bytes(again.buf) == bytes(8)
+
+
 def test_repr_and_attributes_match_cpython():
     with SharedMemory(create=True, size=10) as shm:
         assert repr(shm) == f"SharedMemory({shm.name!r}, size=10)"
