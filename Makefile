@@ -23,7 +23,7 @@ help:  ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet "maturin>=1.9.4,<2" ruff \
+	$(PIP) install --quiet "maturin>=1.9.4,<2" ruff "mypy>=1.18" \
 	    "pytest>=8" "pytest-timeout>=2.3" "hypothesis>=6.100" \
 	    "PySide6-Essentials==6.12.0" "posix_ipc>=1.1" "sysv_ipc>=1.1" "numpy>=1.26" \
 	    "matplotlib>=3.8"
@@ -53,12 +53,15 @@ bench: $(EXT)  ## full benchmark run against PySide6, multiprocessing, posix_ipc
 bench-quick: $(EXT)  ## the benchmark runner in its quick mode (what `make test` also runs)
 	$(PY) -m benchmarks --quick --output /tmp/qsharedmem-bench-quick
 
-lint: $(STAMP)  ## rustfmt, clippy, ruff
+# stubtest compares the type stub with the built extension, hence $(EXT).
+lint: $(EXT)  ## rustfmt, clippy, ruff, mypy --strict, stubtest
 	cargo fmt --check
 	cargo clippy --all-targets --quiet -- -D warnings
 	cargo clippy --all-targets --features python --quiet -- -D warnings
 	$(VENV)/bin/ruff check $(PY_DIRS)
 	$(VENV)/bin/ruff format --check $(PY_DIRS)
+	$(PY) -m mypy --strict python/qsharedmem tests/typing_example.py
+	$(PY) -m mypy.stubtest qsharedmem._qsharedmem --allowlist tests/stubtest_allowlist.txt
 
 format:  ## apply rustfmt and ruff format
 	cargo fmt
@@ -67,4 +70,4 @@ format:  ## apply rustfmt and ruff format
 
 clean:  ## remove build outputs and the virtualenv
 	cargo clean
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

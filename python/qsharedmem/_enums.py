@@ -9,6 +9,7 @@ tests call ``'T'``), just as PySide6 does.
 from __future__ import annotations
 
 import enum
+from typing import cast
 
 __all__ = [
     "AccessMode",
@@ -41,7 +42,8 @@ class KeyType(_QtEnum):
             member = int.__new__(cls, value)
             member._name_ = str(value)
             member._value_ = value
-            return cls._value2member_map_.setdefault(value, member)
+            # The map is typed as holding any Enum; for this class it holds KeyType members.
+            return cast("KeyType", cls._value2member_map_.setdefault(value, member))
         return None
 
 

@@ -1,119 +1,227 @@
-"""Type stubs for the extension module ``qsharedmem._qsharedmem``."""
+"""Type stubs for the extension module ``qsharedmem._qsharedmem`` (src/python/).
 
+Kept exact by ``make lint``: ``mypy.stubtest`` compares them with the built module
+(tests/stubtest_allowlist.txt lists what stubtest cannot check, and why), and
+``mypy --strict tests/typing_example.py`` checks that they type a user's code as intended.
+
+Enum arguments take the member or its integer value, as PySide6's do (a bool is a TypeError
+at runtime, and so is a member of another enum, except for ``QSystemSemaphore``'s ``mode``,
+which accepts any IntEnum member). ``None`` for an optional argument means its Qt default.
+"""
+
+import builtins
+import sys
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Literal, SupportsIndex, TypeVar
+from typing import (
+    Any,
+    Final,
+    Generic,
+    Literal,
+    Self,
+    SupportsIndex,
+    TypeAlias,
+    TypedDict,
+    TypeVar,
+    final,
+    overload,
+)
+
+from typing_extensions import disjoint_base
 
 from ._enums import AccessMode as _AccessMode
 from ._enums import KeyType as _KeyType
-from ._enums import SharedMemoryError as _SharedMemoryError
-from ._enums import SystemSemaphoreAccessMode as _SemAccessMode
-from ._enums import SystemSemaphoreError as _SystemSemaphoreError
+from ._enums import SharedMemoryError as _SharedMemoryErrorCode
+from ._enums import SystemSemaphoreAccessMode as _SemaphoreAccessMode
+from ._enums import SystemSemaphoreError as _SystemSemaphoreErrorCode
+from ._errors import SharedMemoryError as _SharedMemoryException
+
+__all__ = [
+    "QNativeIpcKey",
+    "QSharedMemory",
+    "QSystemSemaphore",
+    "_LockedContext",
+    "_SegmentBuffer",
+    "__version__",
+    "_after_fork_in_child",
+    "_after_fork_in_parent",
+    "_before_fork",
+    "_rebuild_qsharedmemory",
+    "_release_at_exit",
+    "collect_garbage",
+    "find_segments",
+    "list_segments",
+    "read_segment",
+    "remove_segment",
+    "shm_space",
+]
 
 __version__: str
 
-_Self = TypeVar("_Self", bound="QSharedMemory")
-_SemSelf = TypeVar("_SemSelf", bound="QSystemSemaphore")
-_S = TypeVar("_S")
+_Handle = TypeVar("_Handle", bound=QSharedMemory)
 
+# What a key argument accepts: a QNativeIpcKey, or a str legacy key (``legacyNativeKey(key)``).
+_KeyArg: TypeAlias = QNativeIpcKey | str
+_KeyTypeArg: TypeAlias = _KeyType | int
+
+@final
 class QNativeIpcKey:
-    """``QNativeIpcKey``: the native name of an IPC object and its kind (Qt 6.6+)."""
+    """``QNativeIpcKey``: the native (OS-level) name of an IPC object and its kind (Qt 6.6+).
 
-    Type: ClassVar[type[_KeyType]]
-    DefaultTypeForOs: ClassVar[_KeyType]
+    ``toString()``/``fromString()`` convert it to and from Qt's string form, which is how
+    processes pass keys to each other. Hashable, comparable with ``==`` (also with a ``str``,
+    read as ``QNativeIpcKey(str)``), copyable and picklable.
+    """
 
-    def __init__(
-        self,
-        k: str | QNativeIpcKey | _KeyType | int | None = ...,
-        type: _KeyType | int | None = ...,
-    ) -> None: ...
+    Type: TypeAlias = _KeyType
+    DefaultTypeForOs: Final[_KeyType]
+    """``Type.PosixRealtime`` on Linux."""
+
+    @overload
+    def __new__(cls, k: str | None = None, /, type: _KeyTypeArg | None = None) -> Self:
+        """``QNativeIpcKey()``, ``QNativeIpcKey(k, type=DefaultTypeForOs)``; ``None`` is ``""``."""
+    @overload
+    def __new__(cls, k: QNativeIpcKey | _KeyTypeArg, /, type: None = None) -> Self:
+        """``QNativeIpcKey(other)`` (a copy), ``QNativeIpcKey(type)`` (an empty key)."""
+    @staticmethod
+    def legacyDefaultTypeForOs() -> _KeyType:
+        """The type Qt < 6.6 used: ``Type.SystemV`` on Linux."""
     def nativeKey(self) -> str: ...
-    def setNativeKey(self, newKey: str | None) -> None: ...
+    def setNativeKey(self, new_key: str | None, /) -> None:
+        """Replaces the native key (``None``: ``""``); a legacy key is forgotten."""
     def type(self) -> _KeyType: ...
-    def setType(self, type: _KeyType | int) -> None: ...
+    def setType(self, type: _KeyTypeArg, /) -> None:
+        """Changes the key type (ignored on legacy keys, as in Qt)."""
     def isEmpty(self) -> bool: ...
-    def isValid(self) -> bool: ...
-    def toString(self) -> str: ...
+    def isValid(self) -> bool:
+        """Whether the type is valid (not 0); the native key is not checked."""
+    def toString(self) -> str:
+        """Qt's string form, e.g. ``'posix:/demo'`` (``''`` for an invalid type)."""
     @staticmethod
-    def fromString(string: str) -> QNativeIpcKey: ...
-    @staticmethod
-    def legacyDefaultTypeForOs() -> _KeyType: ...
-    def swap(self, other: QNativeIpcKey) -> None: ...
-    def __eq__(self, other: object) -> bool: ...
-    def __ne__(self, other: object) -> bool: ...
+    def fromString(string: str | None, /) -> QNativeIpcKey:
+        """Parses Qt's string form; an invalid key if it cannot be parsed."""
+    def swap(self, other: QNativeIpcKey, /) -> None: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
     def __copy__(self) -> QNativeIpcKey: ...
-    def __deepcopy__(self, memo: dict[int, Any]) -> QNativeIpcKey: ...
+    def __deepcopy__(self, memo: dict[int, Any], /) -> QNativeIpcKey: ...
+    def __reduce__(
+        self,
+    ) -> tuple[builtins.type[QNativeIpcKey], tuple[()], tuple[str, int, str | None]]: ...
+    def __setstate__(self, state: tuple[str, int, str | None], /) -> None: ...
 
+@disjoint_base
 class QSharedMemory:
     """``QSharedMemory``: a shared memory segment by key, with Qt 6's API and semantics.
 
-    Extras over Qt: ``lock(timeout=None)``, ``lockOwnerDied()``, ``with shm:`` (unlock and
-    detach on exit), ``with shm.locked(timeout=None):``, pickling (re-attaches by key).
+    Methods return ``False`` and record ``error()``/``errorString()``, as in Qt. Extras:
+    ``lock(timeout=None)``, ``lockOwnerDied()``, ``remove()``, ``with shm:`` (unlock and detach
+    on exit), ``with shm.locked(timeout=None):``, pickling (re-attaches by key).
     """
 
-    AccessMode: ClassVar[type[_AccessMode]]
-    SharedMemoryError: ClassVar[type[_SharedMemoryError]]
-    ReadOnly: ClassVar[_AccessMode]
-    ReadWrite: ClassVar[_AccessMode]
-    NoError: ClassVar[_SharedMemoryError]
-    PermissionDenied: ClassVar[_SharedMemoryError]
-    InvalidSize: ClassVar[_SharedMemoryError]
-    KeyError: ClassVar[_SharedMemoryError]
-    AlreadyExists: ClassVar[_SharedMemoryError]
-    NotFound: ClassVar[_SharedMemoryError]
-    LockError: ClassVar[_SharedMemoryError]
-    OutOfResources: ClassVar[_SharedMemoryError]
-    UnknownError: ClassVar[_SharedMemoryError]
+    AccessMode: TypeAlias = _AccessMode
+    SharedMemoryError: TypeAlias = _SharedMemoryErrorCode
+    ReadOnly: Final[Literal[_AccessMode.ReadOnly]]
+    ReadWrite: Final[Literal[_AccessMode.ReadWrite]]
+    NoError: Final[Literal[_SharedMemoryErrorCode.NoError]]
+    PermissionDenied: Final[Literal[_SharedMemoryErrorCode.PermissionDenied]]
+    InvalidSize: Final[Literal[_SharedMemoryErrorCode.InvalidSize]]
+    KeyError: Final[Literal[_SharedMemoryErrorCode.KeyError]]
+    AlreadyExists: Final[Literal[_SharedMemoryErrorCode.AlreadyExists]]
+    NotFound: Final[Literal[_SharedMemoryErrorCode.NotFound]]
+    LockError: Final[Literal[_SharedMemoryErrorCode.LockError]]
+    OutOfResources: Final[Literal[_SharedMemoryErrorCode.OutOfResources]]
+    UnknownError: Final[Literal[_SharedMemoryErrorCode.UnknownError]]
 
-    def __init__(self, key: QNativeIpcKey | str | None = None, parent: object = None) -> None: ...
-    def create(self, size: SupportsIndex, mode: _AccessMode | int = ...) -> bool: ...
-    def attach(self, mode: _AccessMode | int = ...) -> bool: ...
+    def __new__(cls, *args: Any, **kwargs: Any) -> Self:
+        """An empty handle: any arguments are accepted, so that a subclass's constructor
+        can take its own (``__init__`` sets the key)."""
+    def __init__(self, key: _KeyArg | None = None, parent: object | None = None) -> None:
+        """``QSharedMemory()``, ``QSharedMemory(key)``; ``parent`` (a QObject in PySide6)
+        is accepted and unused. Called again on a live handle, detaches it first."""
+    def create(self, size: SupportsIndex, mode: _AccessMode | int | None = None) -> bool:
+        """Creates and attaches a segment of ``size`` bytes (``mode`` ``None``: ReadWrite)."""
+    def attach(self, mode: _AccessMode | int | None = None) -> bool:
+        """Attaches to the existing segment (``mode`` ``None``: ReadWrite)."""
     def detach(self) -> bool: ...
+    def remove(self) -> bool:
+        """Removes the segment's key now (multiprocessing's ``unlink()``); attachments keep
+        working and the last detach frees the memory. False + ``error()`` if nothing was
+        removed (``NotFound``: no segment, or removed already)."""
+    def _exception(self) -> _SharedMemoryException | None:
+        """The exception for the recorded error (``None`` for ``NoError``)."""
     def isAttached(self) -> bool: ...
     def data(self) -> memoryview | None:
-        """The segment's memory; read-only for ReadOnly attachments; valid after detach()."""
+        """The segment's memory (read-only for ReadOnly attachments), ``None`` if not
+        attached. A view stays valid after ``detach()`` until it is released."""
     def constData(self) -> memoryview | None:
-        """The segment's memory, read-only."""
+        """The segment's memory, read-only; ``None`` if not attached."""
     def size(self) -> int: ...
     def lock(self, timeout: float | None = None) -> bool:
-        """Take the cross-process lock, waiting at most ``timeout`` seconds (None: forever).
+        """Takes the cross-process lock, waiting at most ``timeout`` seconds (None: forever).
 
         The GIL is released while waiting and Ctrl-C works. False + LockError on timeout.
         """
     def unlock(self) -> bool: ...
-    def remove(self) -> bool:
-        """Remove the segment's key now (multiprocessing's ``unlink()``); attachments keep
-        working and the last detach frees the memory. False + ``error()`` if nothing was
-        removed (``NotFound``: no segment, or removed already)."""
-    def _exception(self) -> Exception | None: ...
     def lockOwnerDied(self) -> bool:
         """True if the last successful lock() found the previous holder dead."""
-    def error(self) -> _SharedMemoryError: ...
+    def error(self) -> _SharedMemoryErrorCode: ...
     def errorString(self) -> str: ...
-    def key(self) -> str: ...
-    def setKey(self, key: str) -> None: ...
+    def key(self) -> str:
+        """The legacy key (``""`` if the native key was not derived from one)."""
+    def setKey(self, key: str) -> None:
+        """``setNativeKey(legacyNativeKey(key))``."""
     def nativeKey(self) -> str: ...
     def nativeIpcKey(self) -> QNativeIpcKey: ...
-    def setNativeKey(
-        self, key: QNativeIpcKey | str, type: _KeyType | int | None = None
-    ) -> None: ...
+    @overload
+    def setNativeKey(self, key: QNativeIpcKey, type: None = None) -> None: ...
+    @overload
+    def setNativeKey(self, key: str, type: _KeyTypeArg | None = None) -> None:
+        """A str key has type ``type`` (``None``: ``legacyDefaultTypeForOs()``)."""
     @staticmethod
-    def platformSafeKey(key: str, type: _KeyType | int | None = None) -> QNativeIpcKey: ...
+    def platformSafeKey(key: str, type: _KeyTypeArg | None = None) -> QNativeIpcKey:
+        """The native key Qt makes for ``key`` (``type`` ``None``: ``DefaultTypeForOs``)."""
     @staticmethod
-    def legacyNativeKey(key: str, type: _KeyType | int | None = None) -> QNativeIpcKey: ...
+    def legacyNativeKey(key: str, type: _KeyTypeArg | None = None) -> QNativeIpcKey:
+        """The key Qt < 6.6 used for ``key`` (``type`` ``None``: ``legacyDefaultTypeForOs()``)."""
     @staticmethod
-    def isKeyTypeSupported(type: _KeyType | int) -> bool: ...
-    def __enter__(self: _Self) -> _Self: ...
-    def __exit__(
+    def isKeyTypeSupported(type: _KeyTypeArg) -> bool: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc_info: object) -> Literal[False]:
+        """Unlocks (if locked) and detaches."""
+    def locked(self, timeout: float | None = None) -> _LockedContext[Self]:
+        """``with shm.locked():`` holds the lock for the block; raises
+        ``LockTimeoutError``/``LockError`` if it cannot be taken."""
+    def __reduce__(
         self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]: ...
-    def locked(self: _Self, timeout: float | None = None) -> _LockedContext[_Self]: ...
-    def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]: ...
+    ) -> tuple[
+        Callable[[type[Self], QNativeIpcKey, int | None], Self],
+        tuple[type[Self], QNativeIpcKey, int | None],
+        dict[str, Any] | None,
+    ]:
+        """Rebuilds the handle from its key and re-attaches it (the memory is not copied)."""
+    def _after_fork(self) -> None: ...
 
+@final
+class _LockedContext(Generic[_Handle]):
+    """What ``QSharedMemory.locked()`` returns (not constructible from Python)."""
+
+    def __enter__(self) -> _Handle: ...
+    def __exit__(self, *exc_info: object) -> Literal[False]: ...
+
+@final
+class _SegmentBuffer:
+    """The buffer exporter behind the memoryviews of ``data()`` (not constructible)."""
+
+    if sys.version_info >= (3, 12):
+        def __buffer__(self, flags: int, /) -> memoryview: ...
+
+def _rebuild_qsharedmemory(cls: type[_Handle], key: _KeyArg | None, mode: int | None) -> _Handle:
+    """Unpickling: a ``cls`` handle with ``key``, attached with ``mode`` (0 ReadOnly, else
+    ReadWrite) unless ``mode`` is ``None``; raises if it cannot attach."""
+
+@disjoint_base
 class QSystemSemaphore:
     """``QSystemSemaphore``: a counting semaphore shared between processes by key, Qt 6's API.
 
@@ -121,68 +229,158 @@ class QSystemSemaphore:
     (acquire, release on exit).
     """
 
-    AccessMode: ClassVar[type[_SemAccessMode]]
-    SystemSemaphoreError: ClassVar[type[_SystemSemaphoreError]]
-    Open: ClassVar[_SemAccessMode]
-    Create: ClassVar[_SemAccessMode]
-    NoError: ClassVar[_SystemSemaphoreError]
-    PermissionDenied: ClassVar[_SystemSemaphoreError]
-    KeyError: ClassVar[_SystemSemaphoreError]
-    AlreadyExists: ClassVar[_SystemSemaphoreError]
-    NotFound: ClassVar[_SystemSemaphoreError]
-    OutOfResources: ClassVar[_SystemSemaphoreError]
-    UnknownError: ClassVar[_SystemSemaphoreError]
+    AccessMode: TypeAlias = _SemaphoreAccessMode
+    SystemSemaphoreError: TypeAlias = _SystemSemaphoreErrorCode
+    Open: Final[Literal[_SemaphoreAccessMode.Open]]
+    Create: Final[Literal[_SemaphoreAccessMode.Create]]
+    NoError: Final[Literal[_SystemSemaphoreErrorCode.NoError]]
+    PermissionDenied: Final[Literal[_SystemSemaphoreErrorCode.PermissionDenied]]
+    KeyError: Final[Literal[_SystemSemaphoreErrorCode.KeyError]]
+    AlreadyExists: Final[Literal[_SystemSemaphoreErrorCode.AlreadyExists]]
+    NotFound: Final[Literal[_SystemSemaphoreErrorCode.NotFound]]
+    OutOfResources: Final[Literal[_SystemSemaphoreErrorCode.OutOfResources]]
+    UnknownError: Final[Literal[_SystemSemaphoreErrorCode.UnknownError]]
 
-    def __init__(
-        self,
-        key: QNativeIpcKey | str | None,
+    def __new__(
+        cls,
+        key: _KeyArg | None,
         /,
-        initialValue: SupportsIndex | None = 0,
-        mode: _SemAccessMode | int | None = ...,
-    ) -> None: ...
+        initialValue: SupportsIndex | None = None,
+        mode: _SemaphoreAccessMode | int | None = None,
+    ) -> Self:
+        """``QSystemSemaphore(key, initialValue=0, mode=Open)`` (``None``: those defaults;
+        a ``None`` key is ``""``). ``initialValue`` applies only when it creates the semaphore."""
     def acquire(self, timeout: float | None = None) -> bool:
-        """Take a token, waiting at most ``timeout`` seconds (None: forever).
+        """Takes a token, waiting at most ``timeout`` seconds (None: forever).
 
         The GIL is released while waiting and Ctrl-C works. False on timeout (NoError) or
         when the semaphore is unusable (error() says why).
         """
-    def release(self, n: SupportsIndex = 1) -> bool: ...
-    def error(self) -> _SystemSemaphoreError: ...
+    def release(self, n: SupportsIndex | None = None) -> bool:
+        """Gives ``n`` tokens back (``None``: 1); a negative ``n`` warns and returns False."""
+    def error(self) -> _SystemSemaphoreErrorCode: ...
     def errorString(self) -> str: ...
-    def key(self) -> str: ...
+    def key(self) -> str:
+        """The legacy key (``""`` if the native key was not derived from one)."""
     def setKey(
         self,
         key: str | None,
         /,
-        initialValue: SupportsIndex | None = 0,
-        mode: _SemAccessMode | int | None = ...,
-    ) -> None: ...
+        initialValue: SupportsIndex | None = None,
+        mode: _SemaphoreAccessMode | int | None = None,
+    ) -> None:
+        """``setNativeKey(legacyNativeKey(key), initialValue, mode)``."""
     def nativeIpcKey(self) -> QNativeIpcKey: ...
+    @overload
     def setNativeKey(
         self,
-        key: QNativeIpcKey | str | None,
+        key: QNativeIpcKey,
         /,
-        initialValue: SupportsIndex | None = 0,
-        mode: _SemAccessMode | int | None = ...,
-        type: _KeyType | int | None = None,
+        initialValue: SupportsIndex | None = None,
+        mode: _SemaphoreAccessMode | int | None = None,
+        type: None = None,
     ) -> None: ...
+    @overload
+    def setNativeKey(
+        self,
+        key: str | None,
+        /,
+        initialValue: SupportsIndex | None = None,
+        mode: _SemaphoreAccessMode | int | None = None,
+        type: _KeyTypeArg | None = None,
+    ) -> None:
+        """A str key has type ``type`` (``None``: ``legacyDefaultTypeForOs()``)."""
     @staticmethod
-    def platformSafeKey(key: str, /, type: _KeyType | int | None = None) -> QNativeIpcKey: ...
+    def platformSafeKey(key: str, /, type: _KeyTypeArg | None = None) -> QNativeIpcKey: ...
     @staticmethod
-    def legacyNativeKey(key: str, /, type: _KeyType | int | None = None) -> QNativeIpcKey: ...
+    def legacyNativeKey(key: str, /, type: _KeyTypeArg | None = None) -> QNativeIpcKey: ...
     @staticmethod
-    def isKeyTypeSupported(type: _KeyType | int, /) -> bool: ...
-    def __enter__(self: _SemSelf) -> _SemSelf: ...
+    def isKeyTypeSupported(type: _KeyTypeArg, /) -> bool: ...
+    def __enter__(self) -> Self:
+        """Acquires a token (waiting as long as it takes); raises if the semaphore is unusable."""
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Literal[False]: ...
+        _exc_value: BaseException | None,
+        _traceback: TracebackType | None,
+    ) -> Literal[False]:
+        """Releases the token (a failure raises, unless the block raised)."""
 
-class _LockedContext(Generic[_S]):
-    def __enter__(self) -> _S: ...
-    def __exit__(self, *exc: object) -> Literal[False]: ...
+# -- Inspection (the `qsharedmem` command line): plain, JSON-ready dicts --------------------
+
+class _LockDict(TypedDict):
+    state: Literal["free", "held", "owner-died", "none", "unknown"]
+    holder: int | None
+    primitive: str
+    value: int | None
+    waiters: int | None
+    owner_deaths: int | None
+
+class _SegmentDict(TypedDict):
+    """One segment (``None`` where unknown or not applicable); see src/python/inspect.rs."""
+
+    id: str
+    kind: Literal["qsharedmem", "posix", "systemv"]
+    origin: Literal["qsharedmem", "qt", "multiprocessing", "unknown"]
+    native_key: str
+    key_type: int | None
+    key: str | None
+    legacy_key: str | None
+    qt_key: str | None
+    file: str | None
+    key_file: str | None
+    shmid: int | None
+    ipc_key: int | None
+    size: int
+    file_size: int | None
+    attachments: int
+    pids: list[int]
+    last_pid: int | None
+    lock: _LockDict
+    creator_pid: int | None
+    creator_alive: bool | None
+    created: float | None
+    uid: int
+    user: str | None
+    mode: int
+    usage: Literal["in-use", "unused", "orphan"]
+    orphan: bool
+    note: str | None
+
+class _RemoveResult(TypedDict):
+    segment: _SegmentDict
+    removed: list[str]
+
+class _GcOutcome(TypedDict):
+    segment: _SegmentDict
+    removed: list[str]
+    skipped: str | None
+    errno: int | None
+
+def list_segments(all_users: bool = False) -> list[_SegmentDict]:
+    """Every shared memory segment of this user (of every user with ``all_users``)."""
+
+def find_segments(key: str, all_users: bool = False) -> list[_SegmentDict]:
+    """The segments ``key`` names: a Qt key, a native key, Qt's string form, a /dev/shm path,
+    a System V IPC key (``"0x5100c092"``) or segment id (``"shmid:123"``)."""
+
+def read_segment(key: str, length: SupportsIndex = 256, all_users: bool = False) -> bytes:
+    """A copy of the first ``length`` bytes of the one segment ``key`` names."""
+
+def remove_segment(key: str, force: bool = False, all_users: bool = False) -> _RemoveResult:
+    """Removes the one segment ``key`` names (in use: refused, EBUSY, unless ``force``)."""
+
+def collect_garbage(
+    dry_run: bool = False,
+    predicate: Callable[[_SegmentDict], object] | None = None,
+    all_users: bool = False,
+) -> list[_GcOutcome]:
+    """Removes the orphans ``predicate`` accepts (all without one); never a segment in use."""
+
+def shm_space() -> tuple[int, int]:
+    """``(free, total)`` bytes of the file system behind /dev/shm."""
+
+# -- Process hooks (registered by qsharedmem/__init__.py) ----------------------------------
 
 def _before_fork() -> None: ...
 def _after_fork_in_parent() -> None: ...

@@ -35,10 +35,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import __version__, _qsharedmem
 from ._errors import InvalidKeyError, NotFoundError, SharedMemoryError
+
+if TYPE_CHECKING:
+    # The dicts the inspection functions return (typed in the stub only).
+    from ._qsharedmem import _LockDict, _SegmentDict
 
 __all__ = [
     "EXIT_AMBIGUOUS",
@@ -159,7 +163,7 @@ def _age(created: float | None, now: float) -> str:
     return f"{seconds}s"
 
 
-def _lock_cell(lock: dict[str, Any]) -> str:
+def _lock_cell(lock: _LockDict) -> str:
     state = lock["state"]
     short = {"owner-died": "died", "unknown": "?"}.get(state, state)
     if lock["holder"] is not None and state in ("held", "owner-died"):
@@ -174,7 +178,7 @@ def _pids_cell(pids: Sequence[int]) -> str:
     return shown + (f",+{len(pids) - 3}" if len(pids) > 3 else "")
 
 
-def _creator_cell(segment: dict[str, Any]) -> str:
+def _creator_cell(segment: _SegmentDict) -> str:
     pid = segment["creator_pid"]
     if pid is None:
         return "-"
@@ -240,12 +244,12 @@ def _exit_code_for(error: OSError) -> int:
     return EXIT_FAILURE
 
 
-def _matcher(patterns: Sequence[str] | None) -> Callable[[dict[str, Any]], bool]:
+def _matcher(patterns: Sequence[str] | None) -> Callable[[_SegmentDict], bool]:
     """A predicate: does a segment's id, native key, file name or Qt key match a glob?"""
     if not patterns:
         return lambda segment: True
 
-    def names(segment: dict[str, Any]) -> list[str]:
+    def names(segment: _SegmentDict) -> list[str]:
         found = [segment["id"], segment["native_key"]]
         if segment["file"]:
             found.append(segment["file"].rsplit("/", 1)[-1])
@@ -255,13 +259,13 @@ def _matcher(patterns: Sequence[str] | None) -> Callable[[dict[str, Any]], bool]
             found.append(segment["qt_key"])
         return [n for n in found if n]
 
-    def matches(segment: dict[str, Any]) -> bool:
+    def matches(segment: _SegmentDict) -> bool:
         return any(fnmatch.fnmatchcase(n, p) for n in names(segment) for p in patterns)
 
     return matches
 
 
-def _resolve(key: str, all_users: bool) -> dict[str, Any]:
+def _resolve(key: str, all_users: bool) -> _SegmentDict:
     found = _qsharedmem.find_segments(key, all_users=all_users)
     if not found:
         raise _Failure(f"no shared memory segment matches {key!r}", EXIT_NOT_FOUND)
@@ -312,7 +316,7 @@ def _cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
-def _info_lines(s: dict[str, Any], now: float) -> list[tuple[str, str]]:
+def _info_lines(s: _SegmentDict, now: float) -> list[tuple[str, str]]:
     kinds = {
         "qsharedmem": "POSIX segment made by qsharedmem",
         "posix": "POSIX segment (not made by qsharedmem)",
@@ -342,7 +346,7 @@ def _info_lines(s: dict[str, Any], now: float) -> list[tuple[str, str]]:
     if s["last_pid"] is not None:
         lines.append(("last attach/detach", f"pid {s['last_pid']}"))
     lock = s["lock"]
-    text = lock["state"]
+    text: str = lock["state"]
     if lock["holder"] is not None:
         text += f" (pid {lock['holder']})"
     details = [lock["primitive"]] if lock["primitive"] else []
@@ -545,6 +549,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module documentation)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     out, err = sys.stdout, sys.stderr
+    run: Callable[[], int]
     if argv[:1] == ["demo"]:
         command, run = "demo", lambda: _run_demo(argv[1:])
     else:

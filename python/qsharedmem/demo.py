@@ -387,7 +387,7 @@ class WorkerHandle:
         if not self.conn.poll(WAIT):
             raise DemoFailure(f"worker {self.index} sent nothing for {WAIT:.0f} s")
         try:
-            message = self.conn.recv()
+            message: tuple[Any, ...] = self.conn.recv()
         except EOFError:
             self.process.join(WAIT)
             raise DemoFailure(
