@@ -653,6 +653,23 @@ def test_argument_checks(qsm: Impl, make_key: KeyRegistry) -> None:
     assert sem.error() == S.NoError
 
 
+def test_a_member_of_another_enum_is_a_type_error(impl: Impl, make_key: KeyRegistry) -> None:
+    """QSharedMemory.ReadWrite or a key type where an AccessMode belongs is a mistake, not the
+    mode with that number: both implementations refuse it."""
+    S = impl.QSystemSemaphore
+    key = S.platformSafeKey(make_key("wrongenum"))
+    wrong_enums = [impl.QSharedMemory.AccessMode.ReadWrite, impl.QNativeIpcKey.Type.SystemV]
+    for wrong in wrong_enums:
+        with pytest.raises(TypeError):
+            S(key, 1, wrong)
+    sem = S(key, 1, S.AccessMode.Create)
+    for wrong in wrong_enums:
+        with pytest.raises(TypeError):
+            sem.setNativeKey(key, 1, wrong)
+    assert sem.nativeIpcKey() == key
+    assert sem.error() == S.NoError
+
+
 def test_sysv_release_of_more_than_32767(qsm: Impl, make_key: KeyRegistry) -> None:
     """Deliberate difference: Qt stores n in the 16-bit sem_op unchecked, so its release(40000)
     turns into an acquire of 25536 (and waits); qsharedmem refuses with ERANGE, what the kernel

@@ -4,9 +4,9 @@ Kept exact by ``make lint``: ``mypy.stubtest`` compares them with the built modu
 (tests/stubtest_allowlist.txt lists what stubtest cannot check, and why), and
 ``mypy --strict tests/typing_example.py`` checks that they type a user's code as intended.
 
-Enum arguments take the member or its integer value, as PySide6's do (a bool is a TypeError
-at runtime, and so is a member of another enum, except for ``QSystemSemaphore``'s ``mode``,
-which accepts any IntEnum member). ``None`` for an optional argument means its Qt default.
+Enum arguments take the member or its integer value (a bool is a TypeError at runtime, and so
+is a member of another enum, as in PySide6). ``None`` for an optional argument means its Qt
+default.
 """
 
 import builtins

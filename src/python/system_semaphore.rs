@@ -13,7 +13,9 @@ use pyo3::exceptions::{PyOverflowError, PyRuntimeWarning, PyTypeError, PyValueEr
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
 
-use super::enums::{self, int_value, key_type_from_py, member};
+use super::enums::{
+    self, enum_value, int_value, key_type_from_py, member, semaphore_access_mode_class,
+};
 use super::errors::semaphore_to_py_err;
 use super::key::PyNativeIpcKey;
 use super::shared_memory::{detached_interruptible, key_arg, timeout, KeyArg};
@@ -34,12 +36,17 @@ pub(crate) struct PySystemSemaphore {
     inner: SystemSemaphore,
 }
 
-/// Converts a `QSystemSemaphore.AccessMode` member or 0/1 (`None`: `Open`).
+/// Converts a `QSystemSemaphore.AccessMode` member or 0/1 (`None`: `Open`); a member of
+/// another enum (`QSharedMemory.ReadWrite`) is a `TypeError`, as in PySide6.
 fn access_mode(obj: Option<&Bound<'_, PyAny>>) -> PyResult<AccessMode> {
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(AccessMode::Open);
     };
-    let value = int_value(obj, "QSystemSemaphore.AccessMode")?;
+    let value = enum_value(
+        obj,
+        &semaphore_access_mode_class(obj.py())?,
+        "QSystemSemaphore.AccessMode",
+    )?;
     u8::try_from(value)
         .ok()
         .and_then(AccessMode::from_qt_value)
