@@ -90,6 +90,26 @@ fn outcome(ret: libc::c_int) -> SysResult<Acquired> {
     }
 }
 
+/// Whether the mutex looks free at this moment: its futex word names no owner. It is only read,
+/// so a waiter that polls it leaves the cache line to the holder instead of pulling it away
+/// with a failing compare-and-swap each time. A hint: only a lock attempt decides.
+///
+/// glibc keeps the futex word (`__data.__lock`: the owner's TID plus flag bits, for a robust
+/// mutex) as the first `int` of `pthread_mutex_t`; on other C libraries the mutex always looks
+/// free, which makes a poller simply try to lock.
+#[must_use]
+pub fn looks_free(map: &Mapping, offset: usize) -> bool {
+    /// The TID bits of a robust futex word (`FUTEX_TID_MASK`, linux/futex.h).
+    const FUTEX_TID_MASK: u32 = 0x3fff_ffff;
+    if !cfg!(target_env = "gnu") || mutex_ptr(map, offset).is_err() {
+        return true;
+    }
+    let word = map
+        .atomic_u32(offset)
+        .load(std::sync::atomic::Ordering::Relaxed);
+    word & FUTEX_TID_MASK == 0
+}
+
 /// Tries to lock without waiting: `EBUSY` if another thread holds it, `EDEADLK` if the calling
 /// thread does.
 pub fn try_lock(map: &Mapping, offset: usize) -> SysResult<Acquired> {
@@ -170,6 +190,30 @@ mod tests {
         mark_consistent(&page, 0).unwrap();
         unlock(&page, 0).unwrap();
         assert_eq!(try_lock(&page, 0), Ok(Acquired::Locked));
+        unlock(&page, 0).unwrap();
+    }
+
+    #[test]
+    fn looks_free_follows_the_holder() {
+        let page = std::sync::Arc::new(shared_page());
+        init(&page, 0).unwrap();
+        assert!(looks_free(&page, 0));
+        assert_eq!(try_lock(&page, 0), Ok(Acquired::Locked));
+        assert!(!looks_free(&page, 0), "held by this thread");
+        let p = page.clone();
+        std::thread::spawn(move || assert!(!looks_free(&p, 0), "held by another thread"))
+            .join()
+            .unwrap();
+        unlock(&page, 0).unwrap();
+        assert!(looks_free(&page, 0));
+        // A dead holder: the mutex must look free, so that a poller goes on to recover it.
+        let p = page.clone();
+        std::thread::spawn(move || assert_eq!(try_lock(&p, 0), Ok(Acquired::Locked)))
+            .join()
+            .unwrap();
+        assert!(looks_free(&page, 0), "a dead owner's mutex looks busy");
+        assert_eq!(try_lock(&page, 0), Ok(Acquired::OwnerDied));
+        mark_consistent(&page, 0).unwrap();
         unlock(&page, 0).unwrap();
     }
 
