@@ -26,9 +26,11 @@ use std::sync::atomic::{fence, AtomicBool, AtomicI32, AtomicPtr, AtomicUsize, Or
 /// `si_code` of a `SIGBUS` for an address with no backing page (past the end of the file).
 const BUS_ADRERR: c_int = 2;
 
-/// How many mappings can be watched at once. Mappings beyond this work as usual, without the
-/// protection (each attachment uses one or two).
-const SLOTS: usize = 4096;
+/// How many mappings can be watched at once: 10,000 attachments in one process fit (each uses
+/// one mapping, two when `ReadOnly`). Mappings beyond this work as usual, without the
+/// protection. The table is zero-initialised static memory (640 KiB of address space; only
+/// the pages of slots in use are ever touched).
+const SLOTS: usize = 16_384;
 
 struct Slot {
     /// Owned by one registration (set by [`register`], cleared by [`unregister`]).
@@ -53,6 +55,8 @@ const EMPTY: Slot = Slot {
 };
 
 static TABLE: [Slot; SLOTS] = [EMPTY; SLOTS];
+/// How many slots are taken: a full table answers at once instead of trying every slot.
+static TAKEN: AtomicUsize = AtomicUsize::new(0);
 /// Where the next registration starts looking for a free slot.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
@@ -68,13 +72,19 @@ pub(crate) fn register(start: *mut u8, len: usize, prot: c_int) -> Option<usize>
     if !ensure_handler() {
         return None;
     }
+    if TAKEN.load(Ordering::Relaxed) >= SLOTS {
+        return None;
+    }
     let first = NEXT.load(Ordering::Relaxed);
     let index = (0..SLOTS).map(|i| (first + i) % SLOTS).find(|&i| {
-        TABLE[i]
-            .used
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
+        let used = &TABLE[i].used;
+        // Read before the compare-and-swap: a taken slot is skipped without a locked write.
+        !used.load(Ordering::Relaxed)
+            && used
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
     })?;
+    TAKEN.fetch_add(1, Ordering::Relaxed);
     NEXT.store((index + 1) % SLOTS, Ordering::Relaxed);
     let slot = &TABLE[index];
     write_range(slot, start as usize, start as usize + len, prot);
@@ -88,6 +98,7 @@ pub(crate) fn unregister(slot: usize) {
     write_range(entry, 0, 0, 0);
     entry.lost.store(false, Ordering::Relaxed);
     entry.used.store(false, Ordering::Release);
+    TAKEN.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Whether the handler replaced pages of the range of `slot` with zero pages.
