@@ -37,7 +37,7 @@ fn name_c(name: &str) -> SysResult<CString> {
 }
 
 impl NamedSemaphore {
-    /// `sem_open(name, ...)`; `name` is passed to glibc as it is (Qt passes "/<key>").
+    /// `sem_open(name, ...)`; `name` is passed to glibc as it is (Qt passes `"/<key>"`).
     pub fn open(name: &str, how: OpenMode) -> SysResult<Self> {
         let c_name = name_c(name)?;
         let sem = retry(|| {
