@@ -205,6 +205,16 @@ impl LockPrimitive {
         }
     }
 
+    /// Whether both are the very same lock object of this process.
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Mutex(a), Self::Mutex(b)) => Arc::ptr_eq(a, b),
+            (Self::SysV(a), Self::SysV(b)) => Arc::ptr_eq(a, b),
+            (Self::Posix(a), Self::Posix(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
     /// One attempt without waiting: `Ok(None)` if someone else holds the lock.
     pub(crate) fn try_acquire(&self) -> Result<Option<Acquired>, LockFailure> {
         if self.held_by_current_thread() {

@@ -20,8 +20,8 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, ErrorKind};
 use crate::lock::{self, LockPrimitive, WAIT_SLICE};
@@ -558,7 +558,9 @@ impl Attachment {
     /// kernel counts System V attachments inherited through fork by itself).
     pub fn rehome_after_fork(&self) {
         let Inner::Owned(o) = &self.inner else { return };
-        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut rc) = o.refcount_state() else {
+            return;
+        };
         let now = process::fork_generation();
         if rc.generation == now {
             return;
@@ -597,7 +599,9 @@ impl Attachment {
     /// Before `fork()`: a locked description for the child (see [`prepare_all_for_fork`]).
     fn prepare_for_fork(&self) {
         let Inner::Owned(o) = &self.inner else { return };
-        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut rc) = o.refcount_state() else {
+            return;
+        };
         if rc.generation != process::fork_generation() {
             return;
         }
@@ -610,7 +614,9 @@ impl Attachment {
     /// In the parent after `fork()`: the child's description is the child's alone now.
     fn after_fork_in_parent(&self) {
         let Inner::Owned(o) = &self.inner else { return };
-        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut rc) = o.refcount_state() else {
+            return;
+        };
         rc.for_child = None;
     }
 
@@ -620,7 +626,7 @@ impl Attachment {
         let Inner::Owned(o) = &self.inner else {
             return None;
         };
-        let mut rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rc = o.refcount_state()?;
         if rc.generation != process::fork_generation() {
             return None;
         }
@@ -702,8 +708,9 @@ impl Attachment {
     pub(crate) fn damage(&self) -> String {
         let (fd, mapped) = match &self.inner {
             Inner::Owned(o) => {
-                let rc = o.refcount.lock().unwrap_or_else(PoisonError::into_inner);
-                let size = rc.fd.as_ref().and_then(|fd| posix::fstat(fd.as_fd()).ok());
+                let size = o
+                    .refcount_state()
+                    .and_then(|rc| rc.fd.as_ref().and_then(|fd| posix::fstat(fd.as_fd()).ok()));
                 (size.map(|st| st.size), o.data.len())
             }
             Inner::Foreign(f) => (
@@ -737,12 +744,32 @@ impl Drop for Attachment {
 }
 
 impl Owned {
+    /// The refcount descriptor's state. Its users hold the mutex for a system call or two, so
+    /// one that stays locked for a second was locked by a thread of the parent that forked this
+    /// process: that thread does not exist here, and the mutex stays locked forever. `None`
+    /// then, and the caller does without (a fork from one thread while another attaches or
+    /// detaches used to hang the child right here).
+    fn refcount_state(&self) -> Option<MutexGuard<'_, RefcountFd>> {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut pause = Duration::from_micros(10);
+        loop {
+            match self.refcount.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(10));
+                }
+                Err(TryLockError::WouldBlock) => return None,
+            }
+        }
+    }
+
     /// The control page's removal flag. Read with `pread` on the refcount descriptor where
     /// there is one: read through the mapping, it cost every detach a page fault (and a TLB
     /// flush when the mapping goes), most of a detach of a small segment.
     fn removal_claimed(&self) -> bool {
-        let rc = self.refcount.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(fd) = rc.fd.as_ref() {
+        if let Some(fd) = self.refcount_state().as_ref().and_then(|rc| rc.fd.as_ref()) {
             let mut flag = [0u8; 4];
             let at = (self.control_base + AT_REMOVED) as u64;
             if posix::read_at(fd.as_fd(), at, &mut flag) == Ok(flag.len()) {

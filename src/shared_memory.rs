@@ -471,9 +471,23 @@ impl SharedMemory {
         timeout: Option<Duration>,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> crate::Result<bool> {
+        match self.lock_start()? {
+            LockStart::Done(owner_died) => Ok(owner_died),
+            LockStart::Wait(wait) => {
+                let outcome = wait.wait(timeout, interrupt);
+                self.lock_finish(&wait, outcome)
+            }
+        }
+    }
+
+    /// The first half of [`lock_with`](Self::lock_with): either the answer, or the wait to run.
+    /// A caller that shares the handle between threads runs the wait without holding the
+    /// handle (the Python binding does: a handle's mutex held through a long wait would stay
+    /// locked forever in a child forked meanwhile), then calls [`lock_finish`](Self::lock_finish).
+    pub(crate) fn lock_start(&mut self) -> crate::Result<LockStart> {
         self.refresh_after_fork();
         if self.held.is_some() {
-            return Ok(self.owner_died);
+            return Ok(LockStart::Done(self.owner_died));
         }
         let Some(primitive) = self.lock.clone() else {
             return Err(self.record(Error::new(
@@ -482,13 +496,40 @@ impl SharedMemory {
             )));
         };
         self.refuse_lost_memory()?;
-        match primitive.acquire(timeout, interrupt) {
-            Ok(got) => {
-                self.release_if_lost(got)?;
-                Ok(self.note_locked(got))
-            }
-            Err(failure) => Err(self.lock_failure(failure)),
+        Ok(LockStart::Wait(LockWait {
+            primitive,
+            fork_generation: process::fork_generation(),
+        }))
+    }
+
+    /// The second half of [`lock_with`](Self::lock_with): records what the wait got. If the
+    /// handle changed meanwhile (another thread detached it, gave it another key, or locked
+    /// through it), the lock that was taken is not this handle's any more: it is given back.
+    pub(crate) fn lock_finish(
+        &mut self,
+        wait: &LockWait,
+        outcome: Result<Acquired, LockFailure>,
+    ) -> crate::Result<bool> {
+        let got = match outcome {
+            Ok(got) => got,
+            Err(failure) => return Err(self.lock_failure(failure)),
+        };
+        self.refresh_after_fork();
+        let unchanged = wait.fork_generation == process::fork_generation()
+            && self.held.is_none()
+            && self
+                .lock
+                .as_ref()
+                .is_some_and(|current| current.same_as(&wait.primitive));
+        if !unchanged {
+            let _ = wait.primitive.release(got == Acquired::OwnerDied);
+            return Err(self.record(Error::new(
+                ErrorKind::LockError,
+                "QSharedMemory::lock: unable to lock (the handle changed while waiting)",
+            )));
         }
+        self.release_if_lost(got)?;
+        Ok(self.note_locked(got))
     }
 
     /// A lock on memory that is no longer shared protects nothing: refuse it.
@@ -860,6 +901,12 @@ impl SharedMemory {
         }
     }
 
+    /// Whether this handle holds the lock, taken by another thread than the calling one.
+    fn held_by_another_thread(&self) -> bool {
+        self.held
+            .is_some_and(|held| held.thread != process::thread_id())
+    }
+
     /// Whether `sem` is the very semaphore this handle already uses as its lock.
     fn is_current_posix_lock(&self, sem: &Arc<PosixSemaphore>) -> bool {
         matches!(&self.lock, Some(LockPrimitive::Posix(current)) if Arc::ptr_eq(current, sem))
@@ -871,7 +918,9 @@ impl SharedMemory {
     ///
     /// # Errors
     /// Not attached (not recorded, as in Qt); `LockError` if the System V lock could not be
-    /// taken for the last-detacher check.
+    /// taken for the last-detacher check, or if another thread holds this handle's lock (it
+    /// must unlock first: the lock cannot be released for it, as [`unlock`](Self::unlock)
+    /// from another thread cannot).
     pub fn detach(&mut self) -> crate::Result<()> {
         self.detach_with(&mut uninterrupted)
     }
@@ -888,6 +937,16 @@ impl SharedMemory {
                 "QSharedMemory::detach: not attached",
             ));
         };
+        if self.held_by_another_thread() {
+            // Unmapping the segment under another thread that holds its robust mutex would
+            // leave that thread's robust list pointing into unmapped memory: its next lock of
+            // any mutex would crash, and its death would never be reported.
+            return Err(self.record(Error::with_errno(
+                ErrorKind::LockError,
+                "QSharedMemory::detach: unable to detach (locked by another thread)",
+                libc::EPERM,
+            )));
+        }
         testpoint::step("detach:begin");
         let lost = self.lost_memory_error("QSharedMemory::detach", ErrorKind::UnknownError);
         self.previous = self.attachment.as_ref().map(|att| Previous {
@@ -932,6 +991,33 @@ impl SharedMemory {
             Some(error) => Err(self.record(error)),
             None => Ok(()),
         }
+    }
+}
+
+/// What [`SharedMemory::lock_start`] found.
+pub(crate) enum LockStart {
+    /// This handle holds the lock already: whether its holder before had died.
+    Done(bool),
+    /// The lock has to be waited for.
+    Wait(LockWait),
+}
+
+/// A lock wait taken out of its handle (see [`SharedMemory::lock_start`]). It keeps the lock's
+/// primitive, and through it the segment's memory, alive while it runs.
+pub(crate) struct LockWait {
+    primitive: LockPrimitive,
+    fork_generation: u64,
+}
+
+impl LockWait {
+    /// Waits at most `timeout` (`None`: as long as it takes), checking `interrupt` between
+    /// wait slices.
+    pub(crate) fn wait(
+        &self,
+        timeout: Option<Duration>,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Result<Acquired, LockFailure> {
+        self.primitive.acquire(timeout, interrupt)
     }
 }
 
@@ -1084,6 +1170,19 @@ impl Drop for SharedMemory {
     /// last-detacher check is deferred to a background thread when the lock is busy.
     fn drop(&mut self) {
         self.refresh_after_fork();
+        if self.held_by_another_thread() {
+            if let Some(LockPrimitive::Mutex(attachment)) = &self.lock {
+                // The holding thread's robust list points into the control page, and only
+                // that thread can unlock: keep the segment mapped (and counted) for the rest
+                // of the process, so that its next lock does not write into unmapped memory
+                // and its death still releases the mutex for the other processes.
+                std::mem::forget(Arc::clone(attachment));
+            } else if let (Some(primitive), Some(held)) = (&self.lock, self.held) {
+                // A semaphore has no owner: give it back for the thread that can no longer.
+                let _ = primitive.release(held.recovered);
+            }
+            self.held = None;
+        }
         if self.held.is_some() {
             let _ = self.unlock();
         }

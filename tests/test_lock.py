@@ -65,6 +65,23 @@ def wait_until_blocked(pid: int, timeout: float = TIMEOUT) -> None:
     pytest.fail(f"process {pid} never blocked")
 
 
+def wait_until_thread_blocked(pid: int, timeout: float = TIMEOUT) -> None:
+    """Wait until a thread of process ``pid`` other than its main thread sleeps in the kernel
+    (the only other thread of the programs that use this is the one waiting in lock())."""
+    tasks = Path(f"/proc/{pid}/task")
+    event = threading.Event()
+    for _ in range(int(timeout / 0.001)):
+        states = [
+            (task / "stat").read_text().rpartition(")")[2].split()[0]
+            for task in tasks.iterdir()
+            if task.name != str(pid)
+        ]
+        if states and all(state == "S" for state in states):
+            return
+        event.wait(0.001)
+    pytest.fail(f"no thread of process {pid} blocked")
+
+
 # ------------------------------------------------------------------------------------------------
 # mutual exclusion
 
@@ -357,3 +374,99 @@ def test_locked_context_without_a_lock_raises_lock_error(impl: Impl, key: Any) -
     assert not isinstance(info.value, TimeoutError)
     assert info.value.qt_error == impl.QSharedMemory.LockError
     assert str(info.value) == "QSharedMemory::lock: unable to lock"
+
+
+# A child program: the worker thread takes the lock of segment 1; the main thread detaches or
+# drops that handle; then the worker locks segment 2 (glibc's robust list of the worker still
+# links segment 1's mutex: if its page were unmapped, this lock would crash the process).
+OTHER_THREAD_HOLDS = r"""
+import gc, sys, threading
+from qsharedmem import QNativeIpcKey, QSharedMemory
+first, second = (QNativeIpcKey.fromString(text) for text in sys.argv[1:3])
+how = sys.argv[3]
+a = QSharedMemory(first); assert a.create(64)
+b = QSharedMemory(second); assert b.create(64)
+locked, went = threading.Event(), threading.Event()
+def worker():
+    assert a.lock()
+    locked.set(); went.wait()
+    assert b.lock() and b.unlock()
+    print("worker locked and unlocked another segment", flush=True)
+    if how == "detach":
+        assert a.unlock() and a.detach()
+t = threading.Thread(target=worker)
+t.start(); locked.wait()
+if how == "detach":
+    print("detach", a.detach(), a.error().name, a.errorString(), flush=True)
+else:
+    del a; gc.collect()
+    print("dropped", flush=True)
+went.set(); t.join()
+assert b.detach()
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["detach", "drop"])
+def test_detach_or_drop_while_another_thread_holds_the_lock(
+    impl: Impl, key_type: Any, make_key: KeyRegistry, procs: Any, how: str
+) -> None:
+    """detach() from another thread than the holder is refused (as unlock() is); destroying the
+    handle there leaves the memory mapped for the holder, so the process survives and, once it
+    exits, nothing is left."""
+    first = impl.QSharedMemory.platformSafeKey(make_key("held1"), key_type)
+    second = impl.QSharedMemory.platformSafeKey(make_key("held2"), key_type)
+    result = procs.run_python(
+        OTHER_THREAD_HOLDS, first.toString(), second.toString(), how, timeout=TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    if how == "detach":
+        assert lines[0] == (
+            "detach False LockError "
+            "QSharedMemory::detach: unable to detach (locked by another thread)"
+        )
+    else:
+        assert lines[0] == "dropped"
+    assert lines[1:] == ["worker locked and unlocked another segment", "done"]
+    assert not segment_exists(first)
+    assert not segment_exists(second)
+
+
+FORK_WHILE_A_THREAD_WAITS = r"""
+import os, sys, threading
+from qsharedmem import QNativeIpcKey, QSharedMemory
+key = QNativeIpcKey.fromString(sys.argv[1])
+holder = QSharedMemory(key); assert holder.create(64)
+assert holder.lock()
+shm = QSharedMemory(key); assert shm.attach()
+waiting = threading.Thread(target=lambda: (shm.lock(), shm.unlock()))
+waiting.start()
+print("WAITING", flush=True)
+sys.stdin.readline()  # the test sends a line once the thread sleeps in lock()
+pid = os.fork()
+if pid == 0:
+    # The thread that waits does not exist here; the handle must still work.
+    print("child", shm.size(), shm.lock(timeout=0), shm.errorString() != "", flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+holder.unlock(); waiting.join()
+assert shm.detach() and holder.detach()
+print("parent", os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+def test_fork_while_another_thread_waits_in_lock(
+    impl: Impl, key_type: Any, make_key: KeyRegistry, procs: Any
+) -> None:
+    """A thread waiting in lock() does not hold the handle: a child forked meanwhile can use it
+    (it used to hang on the handle's mutex, locked forever by a thread the child lacks)."""
+    key = impl.QSharedMemory.platformSafeKey(make_key("forkwait"), key_type)
+    argv = procs.python("-c", FORK_WHILE_A_THREAD_WAITS, key.toString())
+    child = procs.start_ready(argv, "WAITING")
+    wait_until_thread_blocked(child.pid)
+    child.send("go\n")
+    assert child.wait_for_line() == "child 64 False True"
+    assert child.wait_for_line() == "parent 0"
+    assert child.finish(TIMEOUT).returncode == 0
+    assert not segment_exists(key)

@@ -22,6 +22,7 @@ use super::errors::to_py_err;
 use super::key::{extract_key, PyNativeIpcKey};
 use crate::key::KeyType;
 use crate::segment::{AccessMode, Attachment};
+use crate::shared_memory::LockStart;
 use crate::{NativeIpcKey, SharedMemory};
 
 /// `QSharedMemory`: a shared memory segment by key, with Qt 6's API and semantics.
@@ -324,7 +325,16 @@ impl PySharedMemory {
                 s.lock_with(Some(Duration::ZERO), &mut || false).is_ok()
             }));
         }
-        self.waiting_keeping_views(py, |s, interrupt| s.lock_with(wait, interrupt).is_ok())
+        // The wait runs without the handle's mutex: held through the wait, a child forked by
+        // another thread meanwhile would find it locked forever, and hang on any use of the
+        // handle. The wait keeps the segment alive by itself.
+        let pending = match self.with_state(py, SharedMemory::lock_start) {
+            Ok(LockStart::Done(_)) => return Ok(true),
+            Ok(LockStart::Wait(pending)) => pending,
+            Err(_) => return Ok(false),
+        };
+        let outcome = detached_interruptible(py, |interrupt| pending.wait(wait, interrupt))?;
+        Ok(self.with_state(py, |s| s.lock_finish(&pending, outcome).is_ok()))
     }
 }
 
