@@ -20,7 +20,7 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, ErrorKind};
@@ -744,25 +744,11 @@ impl Drop for Attachment {
 }
 
 impl Owned {
-    /// The refcount descriptor's state. Its users hold the mutex for a system call or two, so
-    /// one that stays locked for a second was locked by a thread of the parent that forked this
-    /// process: that thread does not exist here, and the mutex stays locked forever. `None`
-    /// then, and the caller does without (a fork from one thread while another attaches or
-    /// detaches used to hang the child right here).
+    /// The refcount descriptor's state; `None` in a child forked while another thread of the
+    /// parent held it (see [`lock_patiently`]: a fork from one thread while another attached
+    /// or detached used to hang the child here).
     fn refcount_state(&self) -> Option<MutexGuard<'_, RefcountFd>> {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let mut pause = Duration::from_micros(10);
-        loop {
-            match self.refcount.try_lock() {
-                Ok(guard) => return Some(guard),
-                Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
-                Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(Duration::from_millis(10));
-                }
-                Err(TryLockError::WouldBlock) => return None,
-            }
-        }
+        lock_patiently(&self.refcount)
     }
 
     /// The control page's removal flag. Read with `pread` on the refcount descriptor where
@@ -885,11 +871,17 @@ fn sysv_key_in_use(key_file: &CString, project_id: u8) -> bool {
 }
 
 /// Hands work that needs a busy System V lock to a background thread, which waits for it.
+/// A forked child gets a thread of its own: the parent's does not exist there.
 fn reap_later(lock: Arc<SysVSemaphore>, action: UnderLock) {
     type Job = (Arc<SysVSemaphore>, UnderLock);
-    static REAPER: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
-    let sender = REAPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Job>();
+    struct Reaper {
+        fork_generation: u64,
+        jobs: mpsc::Sender<Job>,
+    }
+    static REAPER: Mutex<Option<Reaper>> = Mutex::new(None);
+
+    fn start() -> Reaper {
+        let (jobs, rx) = mpsc::channel::<Job>();
         // If the thread cannot be started the work is skipped: an orphaned segment is
         // reclaimed by the next create() or by `qsharedmem gc`.
         let _ = std::thread::Builder::new()
@@ -909,12 +901,39 @@ fn reap_later(lock: Arc<SysVSemaphore>, action: UnderLock) {
                     }
                 }
             });
-        Mutex::new(tx)
-    });
-    let _ = sender
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .send((lock, action));
+        Reaper {
+            fork_generation: process::fork_generation(),
+            jobs,
+        }
+    }
+
+    let Some(mut reaper) = lock_patiently(&REAPER) else {
+        return;
+    };
+    let reaper = match &mut *reaper {
+        Some(current) if current.fork_generation == process::fork_generation() => current,
+        slot => slot.insert(start()),
+    };
+    let _ = reaper.jobs.send((lock, action));
+}
+
+/// Locks a mutex that its users hold only for a system call or two. One that stays locked for
+/// a second was locked by a thread of the parent that forked this process: that thread does
+/// not exist here and the mutex stays locked forever, so `None` (callers do without).
+fn lock_patiently<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut pause = Duration::from_micros(10);
+    loop {
+        match mutex.try_lock() {
+            Ok(guard) => return Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => return Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(10));
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -253,3 +253,66 @@ def test_stop_hook_is_inert_when_unset(procs: ChildProcesses, make_key: KeyRegis
     for command in (["create", "h", 10], ["lock", "h"], ["unlock", "h"], ["detach", "h"]):
         assert agent.call(*command).r is True
     assert agent.finish() == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# A System V last-detacher check handed to the background thread, in a forked child
+
+REAPER_IN_A_CHILD = r"""
+import os, subprocess, sys, time
+from qsharedmem import QNativeIpcKey, QSharedMemory
+from qsharedmem._qsharedmem import find_segments
+
+HOLD = '''
+import sys
+from qsharedmem import QNativeIpcKey, QSharedMemory
+shm = QSharedMemory(QNativeIpcKey.fromString(sys.argv[1]))
+assert shm.attach() and shm.lock()
+print("LOCKED", flush=True)
+sys.stdin.readline()
+'''
+
+def detach_while_another_process_holds_the_lock(key):
+    shm = QSharedMemory(key)
+    assert shm.create(64)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, key.toString()],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline() == "LOCKED\n"
+    # Destroyed while the lock is busy: the destructor never blocks, so after a short wait the
+    # last-detacher check goes to the background thread.
+    del shm
+    holder.kill()  # its lock comes back (SEM_UNDO) and its attachment goes
+    holder.wait()
+    for _ in range(300):
+        if not find_segments(key.toString()):
+            return "removed"
+        time.sleep(0.1)
+    return "left behind"
+
+# The parent's background thread first, then a forked child's (which must have its own).
+first, second = (QNativeIpcKey.fromString(text) for text in sys.argv[1:3])
+print("parent", detach_while_another_process_holds_the_lock(first), flush=True)
+pid = os.fork()
+if pid == 0:
+    print("child", detach_while_another_process_holds_the_lock(second), flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+"""
+
+
+@pytest.mark.parametrize("sysv_type", [0x51, 0x54], ids=["sysv-Q", "sysv-T"])
+def test_a_forked_child_finishes_a_deferred_sysv_cleanup(
+    procs: ChildProcesses, make_key: KeyRegistry, sysv_type: int
+) -> None:
+    """A detach that finds the System V lock busy leaves the "was I the last?" check to a
+    background thread. A forked child must get a thread of its own (the parent's does not exist
+    there), or the segment, its key file and its semaphore stay behind."""
+    keys = [
+        qsharedmem.QSharedMemory.platformSafeKey(make_key(tag), sysv_type)
+        for tag in ("reap1", "reap2")
+    ]
+    result = procs.run_python(REAPER_IN_A_CHILD, *(key.toString() for key in keys), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["parent removed", "child removed"]
