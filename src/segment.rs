@@ -1105,7 +1105,23 @@ pub(crate) fn create_posix(
         .map_err(|e| Error::from_errno("QSharedMemory::create (pthread_mutex_init)", e.0))?;
     testpoint::step("create:initialised");
     let lock_fd = refcount_descriptor(fd.as_fd())?;
+    let file = posix::fstat(fd.as_fd())
+        .map(|st| FileId::of(&st))
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
+    // A ReadOnly creator (Qt allows it) gets a read-only mapping from a read-only descriptor;
+    // the writable mapping is kept only for the control page (the lock lives there).
+    let (data, control_map) = if mode.is_writable() {
+        (whole, None)
+    } else {
+        let ro_fd = posix::reopen(fd.as_fd(), false)
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.0))?;
+        let data = Mapping::map_file(ro_fd.as_fd(), 0, total, false)
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
+        (data, Some((whole, data_len)))
+    };
 
+    // Everything that can fail has been done: once the name is published, a failure would
+    // leave behind a segment that nobody holds but anyone can attach.
     let mut published = false;
     for _ in 0..8 {
         match posix::publish(fd.as_fd(), file_name) {
@@ -1131,39 +1147,14 @@ pub(crate) fn create_posix(
         ));
     }
     testpoint::step("create:published");
-
-    let file = posix::fstat(fd.as_fd())
-        .map(|st| FileId::of(&st))
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
-    if mode.is_writable() {
-        return Ok(Attachment {
-            size,
-            writable: true,
-            inner: Inner::Owned(Owned {
-                file_name: file_name.to_owned(),
-                file,
-                data: whole,
-                control: None,
-                control_base: data_len,
-                refcount: Mutex::new(RefcountFd::new(lock_fd)),
-            }),
-        });
-    }
-    // A ReadOnly creator (Qt allows it) gets a read-only mapping from a read-only descriptor;
-    // the writable mapping is kept only for the control page (the lock lives there).
-    let ro_fd = posix::reopen(fd.as_fd(), false)
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.0))?;
-    drop(fd);
-    let data = Mapping::map_file(ro_fd.as_fd(), 0, total, false)
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
     Ok(Attachment {
         size,
-        writable: false,
+        writable: mode.is_writable(),
         inner: Inner::Owned(Owned {
             file_name: file_name.to_owned(),
             file,
             data,
-            control: Some((whole, data_len)),
+            control: control_map,
             control_base: data_len,
             refcount: Mutex::new(RefcountFd::new(lock_fd)),
         }),

@@ -11,6 +11,9 @@
   same key as fast as they can: afterwards no file, segment, semaphore or key file is left, and
   this process's descriptors and mappings are back to their count at the start, its RSS within
   a small tolerance (see ``RSS_TOLERANCE_KIB``).
+* Descriptors run out in the middle of ``create()`` (a child with a tight ``RLIMIT_NOFILE``, for
+  every budget from none to enough): a create() that fails leaves no name behind that another
+  handle could attach, and never touches a segment that another handle holds.
 """
 
 from __future__ import annotations
@@ -219,3 +222,99 @@ def test_cycles_with_concurrent_attachers_leave_nothing(
     assert mappings_after == mappings == 0, "mappings leaked"
     assert rss_after - rss <= RSS_TOLERANCE_KIB, (rss, rss_after)
     assert make_key.leftovers(make_key(name)) == []
+
+
+# ------------------------------------------------------------------------------------------------
+# Descriptors running out during create()
+
+NOFILE_SCRIPT = r"""
+import json, os, resource, sys
+import qsharedmem
+S, K = qsharedmem.QSharedMemory, qsharedmem.QNativeIpcKey
+key = K(sys.argv[1], K.Type.PosixRealtime)
+path = "/dev/shm/" + sys.argv[1].lstrip("/")
+MODES = {"ReadWrite": S.AccessMode.ReadWrite, "ReadOnly": S.AccessMode.ReadOnly}
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def create_with(budget, shm, mode):
+    # create() with room for exactly `budget` more descriptors.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    fill = []
+    try:
+        while True:
+            fill.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+    for _ in range(budget):
+        os.close(fill.pop())
+    ok = shm.create(4096, mode)
+    for fd in fill:
+        os.close(fd)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return ok
+
+
+warm = S(key)  # first use: whatever the library sets up once is set up now
+assert warm.create(4096) and warm.detach()
+out = {"alone": {}, "taken": {}}
+for name, mode in MODES.items():
+    for budget in range(6):
+        shm = S(key)
+        ok = create_with(budget, shm, mode)
+        error = shm.error().name
+        exists = os.path.exists(path)
+        other = S(key)
+        other_ok = other.attach()
+        out["alone"][f"{name} {budget}"] = [ok, error, shm.isAttached(), exists, other_ok]
+        other.detach()
+        shm.detach()
+        assert not os.path.exists(path), (name, budget)
+# A segment another handle holds: a failing create() must leave it alone.
+holder = S(key)
+assert holder.create(4096)
+inode = os.stat(path).st_ino
+for name, mode in MODES.items():
+    for budget in range(6):
+        shm = S(key)
+        ok = create_with(budget, shm, mode)
+        other = S(key)
+        intact = os.path.exists(path) and os.stat(path).st_ino == inode and other.attach()
+        out["taken"][f"{name} {budget}"] = [ok, shm.error().name, intact]
+        other.detach()
+holder.detach()
+out["left"] = os.path.exists(path)
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_create_out_of_descriptors_leaves_nothing(
+    make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    name = make_key("nofile")
+    key = new_key(qsharedmem, make_key, "nofile", "posix")
+    result = procs.run(procs.python("-c", NOFILE_SCRIPT, key.nativeKey()))
+    assert result.returncode == 0, result
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    failed = set()
+    for what, (ok, error, attached, exists, other_attached) in out["alone"].items():
+        if ok:
+            assert (error, attached, exists, other_attached) == ("NoError", True, True, True), what
+        else:
+            # Nothing published: nobody can attach to a segment that nobody holds.
+            assert (error, attached, exists, other_attached) == (
+                "OutOfResources",
+                False,
+                False,
+                False,
+            ), what
+            failed.add(what.split()[0])
+    # Both modes ran out at some budget and succeeded with enough descriptors.
+    assert failed == {"ReadWrite", "ReadOnly"}, out["alone"]
+    assert out["alone"]["ReadWrite 5"][0] and out["alone"]["ReadOnly 5"][0], out["alone"]
+    for what, (ok, error, intact) in out["taken"].items():
+        assert not ok, what
+        assert error in {"AlreadyExists", "OutOfResources"}, what
+        assert intact, f"{what}: the holder's segment was removed or replaced"
+    assert out["left"] is False
+    assert make_key.leftovers(name) == []
