@@ -1071,6 +1071,7 @@ impl SharedMemory {
             };
             return match removed {
                 Ok(true) => {
+                    removed_here::note(att.identity());
                     self.last_error = None;
                     Ok(())
                 }
@@ -1102,8 +1103,13 @@ impl SharedMemory {
             // The segment went with its last detach (ours or another process's), and its name
             // with it: that is what the caller asked for. Not so for a foreign segment (nobody
             // but a remover takes its name away) or one whose name was removed already.
+            // As far as this process can tell: after a segment is gone, nothing says whether
+            // the last detach took its name or another process's remove() did. A remove() in
+            // this process is remembered, so that a second one is NotFound, as a second
+            // `unlink()` is in multiprocessing.
             Ok(Removal::Missing) => previous.as_ref().is_some_and(|p| {
                 !p.name_removed
+                    && !removed_here::contains(&p.identity)
                     && matches!(
                         p.identity,
                         SegmentIdentity::SysV { .. } | SegmentIdentity::Posix { ours: true, .. }
@@ -1117,6 +1123,9 @@ impl SharedMemory {
         }
         if let Some(previous) = &mut self.previous {
             previous.name_removed = true;
+            if found == Ok(Removal::Removed) {
+                removed_here::note(previous.identity.clone());
+            }
         }
         self.last_error = None;
         Ok(())
@@ -1162,6 +1171,33 @@ impl SharedMemory {
         };
         self.previous = previous;
         found
+    }
+}
+
+/// The segments that a `remove()` in this process took the name of (the most recent ones).
+mod removed_here {
+    use std::sync::{Mutex, PoisonError};
+
+    use crate::segment::SegmentIdentity;
+
+    /// Enough for any sane program; the oldest are forgotten first.
+    const KEPT: usize = 1024;
+
+    static REMOVED: Mutex<Vec<SegmentIdentity>> = Mutex::new(Vec::new());
+
+    pub(super) fn note(identity: SegmentIdentity) {
+        let mut removed = REMOVED.lock().unwrap_or_else(PoisonError::into_inner);
+        if removed.len() == KEPT {
+            removed.remove(0);
+        }
+        removed.push(identity);
+    }
+
+    pub(super) fn contains(identity: &SegmentIdentity) -> bool {
+        REMOVED
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(identity)
     }
 }
 

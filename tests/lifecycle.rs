@@ -459,3 +459,47 @@ fn a_read_only_creator_is_counted_like_everyone_else() {
         );
     }
 }
+
+#[test]
+fn a_second_remove_from_a_detached_handle_is_not_found() {
+    for key_type in TYPES {
+        let key = unique_key("remove-twice", key_type);
+        let mut creator = SharedMemory::with_key(key.clone());
+        creator.create(10, AccessMode::ReadWrite).unwrap();
+        let mut other = SharedMemory::with_key(key.clone());
+        other.attach(AccessMode::ReadWrite).unwrap();
+        other.detach().unwrap(); // not the last: the creator is still attached
+        creator
+            .remove()
+            .unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+        // This process removed the name already: a second remove finds nothing.
+        let e = other.remove().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{key_type:?}");
+        assert_eq!(other.error().unwrap().kind(), ErrorKind::NotFound);
+        assert_eq!(creator.remove().unwrap_err().kind(), ErrorKind::NotFound);
+        creator.detach().unwrap();
+        assert!(!leftovers(&key), "{key_type:?}");
+        assert_eq!(creator.remove().unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}
+
+#[test]
+fn remove_after_the_segment_went_with_a_last_detach_succeeds_once() {
+    for key_type in TYPES {
+        let key = unique_key("remove-after-last", key_type);
+        let mut first = SharedMemory::with_key(key.clone());
+        first.create(10, AccessMode::ReadWrite).unwrap();
+        let mut last = SharedMemory::with_key(key.clone());
+        last.attach(AccessMode::ReadWrite).unwrap();
+        first.detach().unwrap();
+        last.detach().unwrap(); // destroys the segment and its name
+        assert!(!leftovers(&key), "{key_type:?}");
+        // multiprocessing's close(); unlink(): what unlink() was for has happened.
+        first
+            .remove()
+            .unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+        assert_eq!(first.remove().unwrap_err().kind(), ErrorKind::NotFound);
+        last.remove()
+            .unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+    }
+}

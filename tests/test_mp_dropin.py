@@ -696,6 +696,35 @@ def test_an_orphan_left_by_a_crash_can_be_read_and_its_close_destroys_it(make_ke
         assert bytes(again.buf) == bytes(8)
 
 
+def test_a_second_unlink_raises_as_in_cpython():
+    creator = SharedMemory(create=True, size=16)
+    other = SharedMemory(creator.name)
+    other.close()  # not the last close: the creator is still open
+    creator.unlink()
+    assert not exists(creator.name)
+    with pytest.raises(FileNotFoundError) as gone:
+        other.unlink()
+    assert gone.value.errno == 2
+    with pytest.raises(FileNotFoundError):
+        creator.unlink()
+    creator.close()
+    with pytest.raises(FileNotFoundError):
+        creator.unlink()
+
+
+def test_unlink_after_the_last_close_succeeds_as_in_cpython():
+    """In CPython close() never destroys, and unlink() after everyone closed succeeds; here
+    the last close destroyed the segment already, which is what unlink() was for."""
+    first = SharedMemory(create=True, size=16)
+    last = SharedMemory(first.name)
+    first.close()
+    last.close()
+    assert not exists(first.name)
+    first.unlink()
+    with pytest.raises(FileNotFoundError):
+        first.unlink()
+
+
 def test_repr_and_attributes_match_cpython():
     with SharedMemory(create=True, size=10) as shm:
         assert repr(shm) == f"SharedMemory({shm.name!r}, size=10)"

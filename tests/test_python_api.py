@@ -345,3 +345,46 @@ def test_subclass_pickles_with_its_type_and_attributes(key: Any) -> None:
     assert report["extra"] == "travels along"
     assert report["marker"] == b"z" * 8
     assert shm.detach()
+
+
+# ------------------------------------------------------------------------------------------------
+# remove() from a detached handle
+
+NOT_FOUND = QSharedMemory.SharedMemoryError.NotFound
+
+
+def test_a_second_remove_from_a_detached_handle_is_not_found(
+    key: Any, make_key: KeyRegistry
+) -> None:
+    creator = QSharedMemory(key)
+    assert creator.create(64)
+    other = QSharedMemory(key)
+    assert other.attach()
+    assert other.detach()  # not the last: the creator is still attached
+    assert creator.remove(), creator.errorString()
+    # This process removed the segment's name already.
+    assert other.remove() is False
+    assert other.error() == NOT_FOUND
+    assert other.errorString() == "QSharedMemory::remove: doesn't exist"
+    assert creator.remove() is False
+    assert creator.error() == NOT_FOUND
+    assert creator.detach()
+    assert make_key.leftovers() == []
+    assert creator.remove() is False
+
+
+def test_remove_after_a_last_detach_destroyed_the_segment_succeeds_once(
+    key: Any, make_key: KeyRegistry
+) -> None:
+    """multiprocessing's close(); unlink() in either order of the closes: the segment and its
+    name went with the last detach, which is what unlink() asks for."""
+    first = QSharedMemory(key)
+    assert first.create(64)
+    last = QSharedMemory(key)
+    assert last.attach()
+    assert first.detach()
+    assert last.detach()  # the last one out: destroys the segment
+    assert make_key.leftovers() == []
+    assert first.remove(), first.errorString()
+    assert first.remove() is False
+    assert first.error() == NOT_FOUND
