@@ -330,6 +330,46 @@ def test_peer_truncates_the_file_under_an_attachment(
     assert make_key.leftovers(make_key("truncated")) == []
 
 
+@pytest.mark.parametrize("mode", [1, 0], ids=["ReadWrite", "ReadOnly"])
+def test_peer_truncates_the_file_while_the_victim_holds_the_lock(
+    mode: int, make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    """The victim holds the robust mutex when the file shrinks. Its unlock finds a zero page
+    where the mutex was; glibc takes it for a plain mutex and leaves it on the thread's robust
+    list. The detach must leave that page mapped: the thread's next lock of any robust mutex
+    (here another segment's) writes into the list entry, and used to die of SIGSEGV there."""
+    key = new_key(qsharedmem, make_key, "heldtrunc", "posix")
+    other = new_key(qsharedmem, make_key, "heldother", "posix")
+    owner = S(key)
+    assert owner.create(64), owner.errorString()
+    victim = start_agent(procs)
+    assert victim.call("key", "h", key.toString()).r is True
+    assert victim.call("attach", "h", mode).r is True
+    assert victim.call("key", "o", other.toString()).r is True
+    assert victim.call("create", "o", 64).r is True
+    assert victim.call("lock", "h", 5).r is True
+
+    fd = os.open(shm_path(key), os.O_RDWR)
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+    victim.call("unlock", "h")  # touches the lost control page
+    reply = victim.call("detach", "h")
+    assert reply.r is False, "detach() reports the damage"
+    assert "the segment was truncated by another process" in reply.e[1], reply
+    for _ in range(3):  # the same thread locks another segment's robust mutex
+        assert victim.call("lock", "o", 5).r is True
+        assert victim.call("unlock", "o").r is True
+    assert victim.call("detach", "o").r is True
+    assert victim.finish() == 0
+
+    owner.detach()
+    del owner
+    assert make_key.leftovers(make_key("heldtrunc"), make_key("heldother")) == []
+
+
 def test_peer_truncates_a_foreign_segment(procs: ChildProcesses) -> None:
     """A multiprocessing.shared_memory segment (not ours) shrinking under a qsharedmem reader."""
     from multiprocessing import shared_memory
