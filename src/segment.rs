@@ -736,7 +736,10 @@ impl Attachment {
 impl Drop for Attachment {
     fn drop(&mut self) {
         match &mut self.inner {
-            Inner::Owned(o) => o.detach(),
+            Inner::Owned(o) => {
+                o.detach();
+                o.keep_lost_control_page();
+            }
             Inner::Foreign(_) => {}
             Inner::SysV(s) => s.detach(),
         }
@@ -767,6 +770,31 @@ impl Owned {
             base: self.control_base,
         }
         .removal_claimed()
+    }
+
+    /// A control page that the `SIGBUS` handler replaced with a zero page (the file was
+    /// truncated under it) stays mapped until the process exits instead of being unmapped with
+    /// the rest of the attachment.
+    ///
+    /// The robust mutex in it may still be on a thread's robust list: a thread that held the
+    /// lock when the file shrank unlocks a zeroed mutex, which glibc takes for a plain one (type
+    /// 0) and unlocks without taking it off the list. That thread's next lock of any robust
+    /// mutex (another segment's) links the new entry to this one, writing into this page;
+    /// unmapped, that write is a `SIGSEGV`. Kept, it lands in private memory nobody else uses.
+    /// The page is anonymous now and cannot fault again, so it needs no `SIGBUS` watch. Cost: a
+    /// page of address space (and of memory, once touched) per truncated attachment.
+    fn keep_lost_control_page(&mut self) {
+        // The mapping the lock was taken through (a read-only one cannot have been locked).
+        let (map, base) = match &mut self.control {
+            Some((map, base)) => (map, *base),
+            None if self.data.is_writable() => (&mut self.data, self.control_base),
+            None => return,
+        };
+        // The handler replaced everything from the faulting page to the end of the mapping, so
+        // if it replaced anything, the control page, the mapping's last page, is among it.
+        if map.lost_pages() {
+            map.keep_mapped_from(base);
+        }
     }
 
     fn detach(&mut self) {

@@ -330,6 +330,46 @@ def test_peer_truncates_the_file_under_an_attachment(
     assert make_key.leftovers(make_key("truncated")) == []
 
 
+@pytest.mark.parametrize("mode", [1, 0], ids=["ReadWrite", "ReadOnly"])
+def test_peer_truncates_the_file_while_the_victim_holds_the_lock(
+    mode: int, make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    """The victim holds the robust mutex when the file shrinks. Its unlock finds a zero page
+    where the mutex was; glibc takes it for a plain mutex and leaves it on the thread's robust
+    list. The detach must leave that page mapped: the thread's next lock of any robust mutex
+    (here another segment's) writes into the list entry, and used to die of SIGSEGV there."""
+    key = new_key(qsharedmem, make_key, "heldtrunc", "posix")
+    other = new_key(qsharedmem, make_key, "heldother", "posix")
+    owner = S(key)
+    assert owner.create(64), owner.errorString()
+    victim = start_agent(procs)
+    assert victim.call("key", "h", key.toString()).r is True
+    assert victim.call("attach", "h", mode).r is True
+    assert victim.call("key", "o", other.toString()).r is True
+    assert victim.call("create", "o", 64).r is True
+    assert victim.call("lock", "h", 5).r is True
+
+    fd = os.open(shm_path(key), os.O_RDWR)
+    try:
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
+
+    victim.call("unlock", "h")  # touches the lost control page
+    reply = victim.call("detach", "h")
+    assert reply.r is False, "detach() reports the damage"
+    assert "the segment was truncated by another process" in reply.e[1], reply
+    for _ in range(3):  # the same thread locks another segment's robust mutex
+        assert victim.call("lock", "o", 5).r is True
+        assert victim.call("unlock", "o").r is True
+    assert victim.call("detach", "o").r is True
+    assert victim.finish() == 0
+
+    owner.detach()
+    del owner
+    assert make_key.leftovers(make_key("heldtrunc"), make_key("heldother")) == []
+
+
 def test_peer_truncates_a_foreign_segment(procs: ChildProcesses) -> None:
     """A multiprocessing.shared_memory segment (not ours) shrinking under a qsharedmem reader."""
     from multiprocessing import shared_memory
@@ -382,6 +422,78 @@ print("survived", flush=True)
         assert result.returncode == -7, result  # SIGBUS
         assert "survived" not in result.stdout
         assert ("Fatal Python error: Bus error" in result.stderr) == (mode == "faulthandler")
+
+
+SENT_SIGBUS_CHILD = r"""
+import os, signal, sys
+from qsharedmem import QNativeIpcKey, QSharedMemory
+hits = []
+signal.signal(signal.SIGBUS, lambda signum, frame: hits.append(signum))  # before qsharedmem's
+sm = QSharedMemory(QNativeIpcKey.fromString(sys.argv[1]))
+assert sm.create(64), sm.errorString()  # installs qsharedmem's handler on top
+for n in (1, 2, 3):
+    os.kill(os.getpid(), signal.SIGBUS)
+    print("kill", n, "reached the handler", len(hits), "times", flush=True)
+assert sm.detach()
+"""
+
+
+def test_every_sent_sigbus_reaches_the_handler_installed_before(
+    make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    """A SIGBUS sent with kill() is not ours: it goes to the handler installed before
+    qsharedmem's, every time, as it would without qsharedmem (the second one used to get the
+    default action and kill the process)."""
+    key = new_key(qsharedmem, make_key, "sentbus", "posix")
+    result = procs.run_python(SENT_SIGBUS_CHILD, key.toString())
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines() == [
+        f"kill {n} reached the handler {n} times" for n in (1, 2, 3)
+    ], result
+    assert make_key.leftovers(make_key("sentbus")) == []
+
+
+FAULTHANDLER_ON_TOP_CHILD = r"""
+import faulthandler, mmap, os, signal, sys
+from qsharedmem import QNativeIpcKey, QSharedMemory
+how, first, second, plain = sys.argv[1:5]
+a = QSharedMemory(QNativeIpcKey.fromString(first))
+assert a.create(64)  # installs qsharedmem's handler
+faulthandler.enable()  # on top of it, with qsharedmem's as its predecessor
+b = QSharedMemory(QNativeIpcKey.fromString(second))
+assert b.create(64)  # qsharedmem's back on top, with faulthandler's as its predecessor
+assert a.detach() and b.detach()
+print("go", flush=True)
+if how == "kill":
+    os.kill(os.getpid(), signal.SIGBUS)
+else:
+    with open(plain, "w+b") as f:  # a mapping that is not qsharedmem's
+        f.truncate(2 * 4096)
+        m = mmap.mmap(f.fileno(), 2 * 4096)
+        f.truncate(0)
+    os.unlink(plain)
+    m[5000]
+print("survived", flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["kill", "fault"])
+def test_a_handler_that_gives_sigbus_back_to_ours_does_not_loop(
+    how: str, make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    """faulthandler enabled between two creates: qsharedmem's handler and faulthandler's each
+    have the other as predecessor. faulthandler gives the signal back to ours (restores it and
+    raises); it must then get the default action: one report, and death by SIGBUS, not an
+    endless ping-pong of reports."""
+    first = new_key(qsharedmem, make_key, "fhfirst", "posix")
+    second = new_key(qsharedmem, make_key, "fhsecond", "posix")
+    plain = DEV_SHM / make_key("fhplain")
+    args = (how, first.toString(), second.toString(), str(plain))
+    result = procs.run_python(FAULTHANDLER_ON_TOP_CHILD, *args, timeout=30)
+    assert result.returncode == -7, result  # SIGBUS
+    assert result.stdout.splitlines() == ["go"], result
+    assert result.stderr.count("Fatal Python error: Bus error") == 1, result
+    assert make_key.leftovers(*map(make_key, ("fhfirst", "fhsecond", "fhplain"))) == []
 
 
 def test_a_pyside6_reader_dies_where_qsharedmem_survives(

@@ -23,6 +23,9 @@ pub struct Mapping {
     origin: Origin,
     /// The slot of a file mapping in the `SIGBUS` watch table (see [`super::sigbus`]).
     watch: Option<usize>,
+    /// How many bytes from the start `Drop` unmaps: `len`, unless the pages after that must
+    /// stay mapped until the process exits (see [`Mapping::keep_mapped_from`]).
+    unmap_len: usize,
 }
 
 // SAFETY: a `Mapping` is an address range that belongs to the whole process, not to a thread;
@@ -74,6 +77,7 @@ impl Mapping {
             writable,
             origin: Origin::Mmap,
             watch,
+            unmap_len: len,
         })
     }
 
@@ -106,6 +110,7 @@ impl Mapping {
             writable: true,
             origin: Origin::Mmap,
             watch: None,
+            unmap_len: len,
         })
     }
 
@@ -126,6 +131,7 @@ impl Mapping {
             writable,
             origin: Origin::SysV,
             watch: None,
+            unmap_len: len,
         })
     }
 
@@ -147,6 +153,26 @@ impl Mapping {
     #[must_use]
     pub fn lost_pages(&self) -> bool {
         self.watch.is_some_and(super::sigbus::lost_pages)
+    }
+
+    /// Leaves the pages from `offset` (rounded down to a page) to the end mapped when this
+    /// mapping is dropped, until the process exits; the pages before it are unmapped as usual.
+    /// The kept pages are no longer watched for `SIGBUS`: call this only for pages that can no
+    /// longer fault, such as pages the handler replaced (see [`Self::lost_pages`]).
+    ///
+    /// For memory the C library may still write to after we are done with it: an entry of a
+    /// thread's robust mutex list (see `Owned::keep_lost_control_page` in `segment.rs`).
+    ///
+    /// # Panics
+    /// If `offset` is not inside the range, or the range is a System V attachment (which is
+    /// detached whole).
+    pub fn keep_mapped_from(&mut self, offset: usize) {
+        assert!(offset < self.len, "kept offset out of range");
+        assert!(
+            self.origin == Origin::Mmap,
+            "a System V attachment is detached whole"
+        );
+        self.unmap_len = offset & !(page_size() - 1);
     }
 
     /// Whether the range was mapped writable.
@@ -261,10 +287,16 @@ impl Drop for Mapping {
             super::sigbus::unregister(slot);
         }
         match self.origin {
+            // Nothing to unmap: everything stays (`keep_mapped_from(0)`).
+            Origin::Mmap if self.unmap_len == 0 => {}
             Origin::Mmap => {
-                // SAFETY: `ptr`/`len` are exactly the range `mmap` returned, and this is the
-                // only owner; no slice can outlive `self` because slices borrow it.
-                let _ = cvt(unsafe { libc::munmap(self.ptr.as_ptr().cast::<c_void>(), self.len) });
+                // SAFETY: `ptr` is the start of the range `mmap` returned and `unmap_len` is at
+                // most its length (all of it, or a page boundary set by `keep_mapped_from`), and
+                // this is the only owner; no slice can outlive `self` because slices borrow it.
+                // Pages past `unmap_len` are left mapped on purpose, owned by nobody from now on.
+                let _ = cvt(unsafe {
+                    libc::munmap(self.ptr.as_ptr().cast::<c_void>(), self.unmap_len)
+                });
             }
             Origin::SysV => {
                 // SAFETY: `ptr` is the address `shmat` returned and this is its only owner.
@@ -291,8 +323,12 @@ mod tests {
     use std::os::fd::{FromRawFd, OwnedFd};
 
     fn memfd(len: usize) -> OwnedFd {
+        memfd_named(c"qsm-test", len)
+    }
+
+    fn memfd_named(name: &std::ffi::CStr, len: usize) -> OwnedFd {
         // SAFETY: memfd_create with a valid NUL-terminated name has no other preconditions.
-        let fd = unsafe { libc::memfd_create(c"qsm-test".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
         assert!(fd >= 0);
         // SAFETY: `fd` was just returned by memfd_create and is owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -343,6 +379,42 @@ mod tests {
             &out, b"kept",
             "the part inside the file is still the file's"
         );
+    }
+
+    /// The address ranges of this process that map the memfd called `name`.
+    fn ranges_of(name: &str) -> Vec<(usize, usize)> {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let file = format!("/memfd:{name} ");
+        maps.lines()
+            .filter(|line| line.contains(&file))
+            .map(|line| {
+                let range = line.split_whitespace().next().unwrap();
+                let (start, end) = range.split_once('-').unwrap();
+                let hex = |x| usize::from_str_radix(x, 16).unwrap();
+                (hex(start), hex(end))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn kept_pages_stay_mapped_after_drop_and_the_rest_goes() {
+        let page = page_size();
+        // A name of its own: other tests of this binary map memfds concurrently.
+        let fd = memfd_named(c"qsm-keep-test", 3 * page);
+        let mut m = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 3 * page, true).unwrap();
+        let base = m.as_ptr() as usize;
+        assert_eq!(ranges_of("qsm-keep-test"), [(base, base + 3 * page)]);
+        m.write_from(2 * page, b"kept");
+        m.keep_mapped_from(2 * page + 100); // rounded down to the page
+        drop(m);
+        let kept = base + 2 * page;
+        assert_eq!(ranges_of("qsm-keep-test"), [(kept, kept + page)]);
+        let mut out = [0u8; 4];
+        // SAFETY: the page at `kept` is still mapped (checked above) and nobody else uses it.
+        unsafe { ptr::copy_nonoverlapping(kept as *const u8, out.as_mut_ptr(), 4) };
+        assert_eq!(&out, b"kept");
+        // SAFETY: the kept page belongs to nobody now; this test gives it back.
+        assert_eq!(unsafe { libc::munmap(kept as *mut c_void, page) }, 0);
     }
 
     #[test]

@@ -16,8 +16,8 @@
 //! runtime's, or the default action), so faults outside our mappings behave as they would
 //! without us.
 //!
-//! The handler only uses async-signal-safe operations: atomic loads and stores, `mmap` (a plain
-//! system call on Linux), `sigaction` and `raise`.
+//! The handler only uses async-signal-safe operations: atomic loads and stores, `mmap` and
+//! `gettid` (plain system calls on Linux), `sigaction`, `sigpending`, `sigismember` and `raise`.
 
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -62,8 +62,9 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 static PAGE: AtomicUsize = AtomicUsize::new(4096);
 /// The action that was installed before ours (a leaked allocation, replaced on reinstall).
 static PREVIOUS: AtomicPtr<libc::sigaction> = AtomicPtr::new(ptr::null_mut());
-/// Set once a signal was passed on to the previous handler (see [`pass_on`]).
-static PASSED_ON: AtomicBool = AtomicBool::new(false);
+/// The thread (kernel id) that is running the previous action for a signal, 0 if none (see
+/// [`pass_on`]).
+static PASSING: AtomicI32 = AtomicI32::new(0);
 
 /// Starts watching `[start, start + len)`, mapped with protection `prot`. Returns the slot to
 /// pass to [`unregister`] and [`lost_pages`], or `None` if the table is full or the handler
@@ -141,7 +142,7 @@ fn find(addr: usize) -> Option<(usize, usize, c_int)> {
 fn ensure_handler() -> bool {
     // No mutex here: a fork() while another thread held it would leave it locked forever in
     // the child. Two threads installing at once are told apart below instead.
-    let ours = on_sigbus as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
+    let ours = our_handler();
     let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
     // SAFETY: a NULL new action only queries; `current` is valid for writes of a sigaction.
     if unsafe { libc::sigaction(libc::SIGBUS, ptr::null(), current.as_mut_ptr()) } != 0 {
@@ -183,6 +184,11 @@ fn ensure_handler() -> bool {
     true
 }
 
+/// The address of our handler, as `sa_sigaction` holds it.
+fn our_handler() -> usize {
+    on_sigbus as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize
+}
+
 extern "C" fn on_sigbus(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void) {
     // SAFETY: the kernel passes a valid siginfo_t to an SA_SIGINFO handler.
     let code = unsafe { (*info).si_code };
@@ -222,13 +228,28 @@ extern "C" fn on_sigbus(signal: c_int, info: *mut libc::siginfo_t, context: *mut
 /// Hands a `SIGBUS` that is not ours to the action installed before ours.
 ///
 /// A handler installed *after* ours (which we then put back on top) may have saved ours as its
-/// own "previous" and send itself the signal again when it is done (Python's `faulthandler`
-/// does), which would come back here and go round in circles. So a signal sent by a process
-/// (not raised by a fault) that arrives after we already passed one on gets the default action.
+/// own "previous", and when it is done put that back and send itself the signal again (Python's
+/// `faulthandler` does: it restores its predecessor and calls `raise`), which would come back
+/// here and go round in circles. Two ways back are told apart:
+///
+/// * The signal is blocked while our handler runs, so such a re-raise stays pending until we
+///   return. If, once the previous handler has returned, the signal is pending and its action is
+///   ours again, the signal would come straight back: the default action is restored instead,
+///   and the pending signal gets it as soon as we return. (A `kill` from elsewhere that happens
+///   to arrive during those microseconds, while the previous handler runs, is taken for such a
+///   re-raise.)
+/// * A handler that unblocks the signal before raising it comes back at once, nested inside
+///   its own call: a sent signal (not raised by a fault) that arrives on the thread that is
+///   passing one on right now gets the default action.
+///
+/// Signals sent later, after the previous handler has returned, are passed on again: each
+/// `kill` reaches it, as it would without us.
 fn pass_on(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void, code: c_int) {
     let sent = code <= 0;
     let previous = PREVIOUS.load(Ordering::Acquire);
-    let looping = sent && PASSED_ON.swap(true, Ordering::Relaxed);
+    // SAFETY: gettid is a plain system call without preconditions (async-signal-safe).
+    let thread = unsafe { libc::gettid() };
+    let looping = sent && PASSING.load(Ordering::Relaxed) == thread;
     // SAFETY: `previous` is NULL or a leaked, never freed sigaction written before publication.
     let handler = match unsafe { previous.as_ref() } {
         Some(action) if !looping => action.sa_sigaction,
@@ -241,18 +262,18 @@ fn pass_on(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void, code
         // The default action (a fault cannot be ignored): restore it and let it happen, by
         // re-executing the faulting access or, for a sent signal, by raising it again (it is
         // blocked until this handler returns).
-        // SAFETY: an all-zero sigaction with SIG_DFL is valid.
-        let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
-        default.sa_sigaction = libc::SIG_DFL;
-        // SAFETY: `default` is a valid sigaction; sigaction is async-signal-safe.
-        unsafe { libc::sigaction(signal, &default, ptr::null_mut()) };
+        restore_default(signal);
         if sent {
             // SAFETY: raise is async-signal-safe.
             unsafe { libc::raise(signal) };
         }
         return;
     }
-    PASSED_ON.store(true, Ordering::Relaxed);
+    // Only the outermost pass-on of a thread marks it (and only one thread at a time: another
+    // thread's signal is never taken for our loop).
+    let outermost = PASSING
+        .compare_exchange(0, thread, Ordering::Relaxed, Ordering::Relaxed)
+        .is_ok();
     // SAFETY: `previous` is non-null here (checked by the match above).
     let flags = unsafe { (*previous).sa_flags };
     if flags & libc::SA_SIGINFO != 0 {
@@ -266,6 +287,43 @@ fn pass_on(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void, code
         let function: extern "C" fn(c_int) = unsafe { std::mem::transmute(handler) };
         function(signal);
     }
+    if outermost {
+        PASSING.store(0, Ordering::Relaxed);
+    }
+    if pending_for_us(signal) {
+        restore_default(signal);
+    }
+}
+
+/// Installs the default action for `signal` (async-signal-safe).
+fn restore_default(signal: c_int) {
+    // SAFETY: an all-zero sigaction with SIG_DFL is valid.
+    let mut default: libc::sigaction = unsafe { std::mem::zeroed() };
+    default.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: `default` is a valid sigaction; sigaction is async-signal-safe.
+    unsafe { libc::sigaction(signal, &default, ptr::null_mut()) };
+}
+
+/// Whether `signal` is pending and would be delivered to our handler when it returns: the
+/// previous handler gave the signal back to its own predecessor, which is us. Uses only
+/// `sigpending`, `sigismember` and `sigaction` (async-signal-safe).
+fn pending_for_us(signal: c_int) -> bool {
+    let mut pending = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: `pending` is valid for writes of a sigset_t.
+    if unsafe { libc::sigpending(pending.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: sigpending succeeded and filled the set (it was zeroed before anyway).
+    if unsafe { libc::sigismember(pending.as_ptr(), signal) } != 1 {
+        return false;
+    }
+    let mut current = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: a NULL new action only queries; `current` is valid for writes of a sigaction.
+    if unsafe { libc::sigaction(signal, ptr::null(), current.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: sigaction succeeded and filled the struct (it was zeroed before anyway).
+    unsafe { current.assume_init_ref() }.sa_sigaction == our_handler()
 }
 
 #[cfg(test)]
