@@ -303,6 +303,23 @@ impl LockPrimitive {
         result
     }
 
+    /// Releases a lock that was taken from a dead holder for an internal operation, leaving
+    /// the death to be reported by the next lock(): for System V the consistent token stays
+    /// missing. Other primitives are released as usual (internal operations take only System
+    /// V locks).
+    pub(crate) fn release_keeping_death(&self) -> Result<(), Errno> {
+        match self {
+            Self::SysV(sem) => {
+                let result = sem.operate(&[GIVE_LOCK], None);
+                if result.is_ok() {
+                    self.note_released();
+                }
+                result
+            }
+            _ => self.release(true),
+        }
+    }
+
     /// Forgets that the calling thread holds this lock without touching the OS object (used
     /// when the object was removed while held).
     pub(crate) fn forget_held(&self) {
@@ -501,7 +518,9 @@ pub(crate) fn release_after_cleanup(sem: &SysVSemaphore, recovered: bool) {
         } else {
             &[GIVE_LOCK]
         };
-        let _ = recovered;
+        // A dead holder's lock taken for a cleanup: the token stays missing, so that the next
+        // lock() still reports the death.
+        let ops = if recovered { &[GIVE_LOCK][..] } else { ops };
         let _ = sem.operate_existing(ops, None);
     }
     mark_released(Identity::SysV(sem.native_key()));

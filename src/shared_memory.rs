@@ -418,7 +418,7 @@ impl SharedMemory {
         &mut self,
         function: &str,
         interrupt: &mut dyn FnMut() -> bool,
-    ) -> crate::Result<Option<LockPrimitive>> {
+    ) -> crate::Result<Option<Taken>> {
         if self.held.is_some() {
             return Ok(None);
         }
@@ -432,7 +432,10 @@ impl SharedMemory {
             return Ok(None);
         }
         match primitive.acquire(None, interrupt) {
-            Ok(_) => Ok(Some(primitive)),
+            Ok(got) => Ok(Some(Taken {
+                primitive,
+                unreported_death: got == Acquired::OwnerDied,
+            })),
             Err(LockFailure::Interrupted) => Err(interrupted_error(function)),
             Err(_) => Err(self.record(Error::new(
                 ErrorKind::LockError,
@@ -441,8 +444,12 @@ impl SharedMemory {
         }
     }
 
-    fn unlock_internally(taken: Option<LockPrimitive>) {
-        if let Some(primitive) = taken {
+    fn unlock_internally(taken: Option<Taken>) {
+        if let Some(Taken {
+            primitive,
+            unreported_death,
+        }) = taken
+        {
             if let LockPrimitive::SysV(sem) = &primitive {
                 if !sem.is_open() {
                     // The semaphore was removed with the segment (we were the last user).
@@ -450,7 +457,13 @@ impl SharedMemory {
                     return;
                 }
             }
-            let _ = primitive.release(false);
+            if unreported_death {
+                // Nobody has been told that the holder died: leave the death for the next
+                // lock() to report.
+                let _ = primitive.release_keeping_death();
+            } else {
+                let _ = primitive.release(false);
+            }
         }
     }
 
@@ -957,7 +970,10 @@ impl SharedMemory {
             SegmentKind::SystemV => {
                 let was_held = self.held.take();
                 let taken = if was_held.is_some() {
-                    self.lock.clone()
+                    self.lock.clone().map(|primitive| Taken {
+                        primitive,
+                        unreported_death: false,
+                    })
                 } else {
                     self.lock_internally("QSharedMemory::detach", interrupt)?
                 };
@@ -994,6 +1010,13 @@ impl SharedMemory {
     }
 }
 
+/// A lock taken for an internal operation (see [`SharedMemory::lock_internally`]).
+struct Taken {
+    primitive: LockPrimitive,
+    /// The lock was taken from a holder that died, and no lock() has reported it yet.
+    unreported_death: bool,
+}
+
 /// What [`SharedMemory::lock_start`] found.
 pub(crate) enum LockStart {
     /// This handle holds the lock already: whether its holder before had died.
@@ -1010,6 +1033,17 @@ pub(crate) struct LockWait {
 }
 
 impl LockWait {
+    /// Gives back a lock that [`wait`](Self::wait) got, without recording it anywhere (the
+    /// caller could not get to its handle in time). A death it found stays unreported.
+    #[cfg(feature = "python")]
+    pub(crate) fn give_back(&self, got: Acquired) {
+        if got == Acquired::OwnerDied {
+            let _ = self.primitive.release_keeping_death();
+        } else {
+            let _ = self.primitive.release(false);
+        }
+    }
+
     /// Waits at most `timeout` (`None`: as long as it takes), checking `interrupt` between
     /// wait slices.
     pub(crate) fn wait(

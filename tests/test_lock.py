@@ -9,6 +9,7 @@ timeouts are hang guards only, nothing asserts a duration.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -65,16 +66,17 @@ def wait_until_blocked(pid: int, timeout: float = TIMEOUT) -> None:
     pytest.fail(f"process {pid} never blocked")
 
 
-def wait_until_thread_blocked(pid: int, timeout: float = TIMEOUT) -> None:
-    """Wait until a thread of process ``pid`` other than its main thread sleeps in the kernel
-    (the only other thread of the programs that use this is the one waiting in lock())."""
+def wait_until_thread_blocked(pid: int, only: int | None = None, timeout: float = TIMEOUT) -> None:
+    """Wait until the threads of process ``pid`` other than its main thread (or just the thread
+    ``only``) sleep in the kernel (the programs that use this have one other thread: the one
+    waiting in lock())."""
     tasks = Path(f"/proc/{pid}/task")
     event = threading.Event()
     for _ in range(int(timeout / 0.001)):
         states = [
             (task / "stat").read_text().rpartition(")")[2].split()[0]
             for task in tasks.iterdir()
-            if task.name != str(pid)
+            if (task.name == str(only) if only is not None else task.name != str(pid))
         ]
         if states and all(state == "S" for state in states):
             return
@@ -168,6 +170,62 @@ def test_lock_owner_died_is_reported_once(shm: Any, procs: Any, key: Any) -> Non
     assert shm.unlock()
     assert shm.lock(timeout=TIMEOUT)
     assert not shm.lockOwnerDied()
+    assert shm.unlock()
+
+
+def test_detach_while_another_thread_waits_in_lock_does_not_deadlock(
+    impl: Impl, key: Any, procs: Any
+) -> None:
+    """One thread waits in lock() while another detaches the same handle (which, for System
+    V, locks internally). Neither may wait for the other forever."""
+    shm = impl.QSharedMemory(key)
+    assert shm.create(64)
+    holder = attached_agent(procs, key)
+    assert holder("shm.lock()") is True
+    results: dict[str, Any] = {}
+
+    def lock_then_unlock() -> None:
+        results["lock"] = shm.lock(timeout=TIMEOUT)
+        results["unlock"] = shm.unlock()
+
+    locker = threading.Thread(target=lock_then_unlock)
+    locker.start()
+    wait_until_thread_blocked(os.getpid(), only=locker.native_id)
+    detacher = threading.Thread(target=lambda: results.update(detach=shm.detach()))
+    detacher.start()
+    assert holder("shm.unlock()") is True
+    locker.join(TIMEOUT)
+    detacher.join(TIMEOUT)
+    assert not locker.is_alive() and not detacher.is_alive(), "deadlock"
+    assert results["detach"] is True
+    # Either order is right: the lock first (then the detach waited for the unlock) or the
+    # detach first (POSIX: no lock without the segment; System V: Qt's lock works on a
+    # detached handle).
+    assert results["unlock"] is results["lock"]
+    assert holder("shm.detach()") is True
+
+
+@pytest.mark.parametrize("bystander", ["attach+detach", "attach after the death"])
+def test_lock_owner_died_survives_other_processes_attaching_and_detaching(
+    impl: Impl, shm: Any, procs: Any, key: Any, bystander: str
+) -> None:
+    """System V attach()/detach() take the lock internally; taking it from a dead holder must
+    leave the death for the next lock() to report, not swallow it."""
+    holder = attached_agent(procs, key)
+    assert holder("shm.lock()") is True
+    holder.kill()
+    other = attached_agent(procs, key)
+    if bystander == "attach+detach":
+        assert other("shm.detach()") is True
+        assert shm.lock(timeout=TIMEOUT)
+        assert shm.lockOwnerDied()
+    else:
+        # the process that attached after the death is the one to hear of it
+        assert other(f"shm.lock(timeout={TIMEOUT})") is True
+        assert other("shm.lockOwnerDied()") is True
+        assert other("shm.unlock()") is True
+        assert shm.lock(timeout=TIMEOUT)
+        assert not shm.lockOwnerDied()
     assert shm.unlock()
 
 

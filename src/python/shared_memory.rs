@@ -9,7 +9,7 @@
 //!   busy waits detached), so a thread blocked in `lock()` can always get the GIL back.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
 use pyo3::intern;
@@ -328,13 +328,43 @@ impl PySharedMemory {
         // The wait runs without the handle's mutex: held through the wait, a child forked by
         // another thread meanwhile would find it locked forever, and hang on any use of the
         // handle. The wait keeps the segment alive by itself.
-        let pending = match self.with_state(py, SharedMemory::lock_start) {
-            Ok(LockStart::Done(_)) => return Ok(true),
-            Ok(LockStart::Wait(pending)) => pending,
-            Err(_) => return Ok(false),
-        };
-        let outcome = detached_interruptible(py, |interrupt| pending.wait(wait, interrupt))?;
-        Ok(self.with_state(py, |s| s.lock_finish(&pending, outcome).is_ok()))
+        //
+        // And the lock, once taken, never waits for the handle's mutex: another thread may
+        // hold that mutex while it waits for this very lock (a System V attach() or detach()
+        // locks internally), and each would wait for the other forever. If the handle is busy,
+        // the lock is given back and the whole lock() starts again.
+        let deadline = wait.map(|w| Instant::now() + w);
+        loop {
+            let pending = match self.with_state(py, SharedMemory::lock_start) {
+                Ok(LockStart::Done(_)) => return Ok(true),
+                Ok(LockStart::Wait(pending)) => pending,
+                Err(_) => return Ok(false),
+            };
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let outcome = detached_interruptible(py, |interrupt| pending.wait(left, interrupt))?;
+            let Ok(got) = outcome else {
+                // Nothing taken: recording the failure may wait for the handle.
+                return Ok(self.with_state(py, |s| s.lock_finish(&pending, outcome).is_ok()));
+            };
+            if let Some(mut state) = self.try_state_patiently() {
+                return Ok(state.shm.lock_finish(&pending, Ok(got)).is_ok());
+            }
+            pending.give_back(got);
+            // Let the busy thread have the lock, and the handle, before trying again.
+            py.detach(|| drop(self.inner.lock()));
+        }
+    }
+
+    /// The handle's state if it is free now or within a few microseconds (never waits longer
+    /// with the GIL held).
+    fn try_state_patiently(&self) -> Option<MutexGuard<'_, State>> {
+        for _ in 0..100 {
+            if let Some(state) = self.try_state() {
+                return Some(state);
+            }
+            std::hint::spin_loop();
+        }
+        None
     }
 }
 
