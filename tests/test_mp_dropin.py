@@ -613,6 +613,12 @@ def test_ndarray_bounds_and_offset():
         assert list(tail) == [6, 7]
         with pytest.raises(TypeError):
             shm.ndarray((9,), np.int64)  # numpy: buffer is too small
+        # numpy does not check a negative offset: it would read before the segment
+        for offset in (-8, -(1 << 40)):
+            with pytest.raises(ValueError, match="negative"):
+                shm.ndarray((1,), np.uint8, offset=offset)
+        with pytest.raises(TypeError):
+            shm.ndarray((1,), np.uint8, offset=1.5)
     with pytest.raises(ValueError):
         shm.ndarray((1,), np.int64)  # closed
 

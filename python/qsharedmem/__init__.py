@@ -21,8 +21,6 @@ b'hello'
 True
 """
 
-from __future__ import annotations
-
 import atexit as _atexit
 import os as _os
 import sys as _sys

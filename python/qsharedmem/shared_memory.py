@@ -26,6 +26,7 @@ See ``docs/multiprocessing.md`` for the migration guide and every difference fro
 from __future__ import annotations
 
 import contextlib
+import operator
 import secrets
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -250,6 +251,10 @@ class SharedMemory:
             import numpy
         except ImportError as e:  # pragma: no cover - numpy is installed for the tests
             raise ModuleNotFoundError("SharedMemory.ndarray() needs numpy") from e
+        offset = operator.index(offset)
+        if offset < 0:
+            # numpy checks only the end of the array against the buffer, not its start.
+            raise ValueError(f"offset must not be negative, got {offset}")
         # A buffer of its own (not `buf`), so that close() can always release `buf`.
         return numpy.ndarray(shape, dtype=dtype, buffer=shm.data(), offset=offset)
 
