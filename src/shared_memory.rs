@@ -90,6 +90,10 @@ pub struct SharedMemory {
     last_error: Option<Error>,
     fork_generation: u64,
     previous: Option<Previous>,
+    /// Qt's embedded lock semaphore keeps the error of a `create()` that failed on the empty
+    /// POSIX key: re-keying it to that same key for an attach is a no-op, so the attach reports
+    /// that error too (until another key is used).
+    empty_posix_key_failed: bool,
 }
 
 impl Default for SharedMemory {
@@ -122,6 +126,7 @@ impl SharedMemory {
             last_error: None,
             fork_generation: process::fork_generation(),
             previous: None,
+            empty_posix_key_failed: false,
         }
     }
 
@@ -367,6 +372,10 @@ impl SharedMemory {
                  there, making it the same key as its first part)",
             )));
         }
+        if !(self.key.is_empty() && found == Backend::Posix) {
+            // Qt's semaphore gets another key: the old error goes with it.
+            self.empty_posix_key_failed = false;
+        }
         match found {
             Backend::SysV { project_id } => {
                 let sem_key = match self.key.legacy_key() {
@@ -393,7 +402,7 @@ impl SharedMemory {
                 }
             }
             Backend::Posix => {
-                if self.key.is_empty() && !creating {
+                if self.key.is_empty() && !creating && !self.empty_posix_key_failed {
                     // Qt's embedded semaphore starts with this very key (empty, POSIX), and
                     // re-keying it in Open mode to the same key is a no-op: the error comes from
                     // the segment backend instead.
@@ -403,6 +412,7 @@ impl SharedMemory {
                     )));
                 }
                 if let Err(e) = segment::posix_file_name(self.key.native_key()) {
+                    self.empty_posix_key_failed = self.key.is_empty();
                     return Err(self.record(e));
                 }
             }

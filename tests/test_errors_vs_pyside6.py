@@ -107,6 +107,31 @@ def _fresh_create(impl, keys, procs):
     return observe(sm.create(1024), sm)
 
 
+# After a failed create(), Qt's embedded semaphore keeps the empty key and its error: attach()
+# re-keys it to the same key (a no-op) and reports that error, not the fresh attach()'s.
+@scenario(
+    "attach() after a failed create()",
+    [False, "KeyError", INIT + "(QSystemSemaphore::handle: key is empty)"],
+)
+def _attach_after_failed_create(impl, keys, procs):
+    sm = impl.QSharedMemory()
+    sm.create(1024)
+    sm.attach()
+    return observe(sm.attach(), sm)
+
+
+@scenario(
+    "attach() after a failed attach() and create()",
+    [False, "LockError", "QSharedMemory::lock: unable to lock"],
+)
+def _attach_create_attach_lock(impl, keys, procs):
+    sm = impl.QSharedMemory()
+    sm.attach()
+    sm.create(1024)
+    assert observe(sm.attach(), sm)[2] == INIT + "(QSystemSemaphore::handle: key is empty)"
+    return observe(sm.lock(), sm)
+
+
 def _empty_key(typ: int, op: str) -> None:
     if is_posix(typ):
         expected = {
