@@ -201,6 +201,11 @@ def test_repr(key: Any) -> None:
     assert shm.detach()
     assert repr(QSharedMemory()) == '<QSharedMemory "posix:" not attached>'
 
+    class Settings(QSharedMemory):
+        pass
+
+    assert repr(Settings()) == '<test_repr.<locals>.Settings "posix:" not attached>'
+
 
 def test_enum_members_are_reachable_on_the_class() -> None:
     for enum_class in (QSharedMemory.AccessMode, QSharedMemory.SharedMemoryError):

@@ -661,15 +661,17 @@ impl PySharedMemory {
         PyTuple::new(py, [rebuild, args.into_pyobject(py)?.into_any(), state])
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let (key, attached, size) = self.with_state(py, |s| {
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        // A subclass shows its own name.
+        let class = slf.get_type().qualname()?;
+        let (key, attached, size) = slf.get().with_state(slf.py(), |s| {
             (s.native_ipc_key().to_qt_string(), s.is_attached(), s.size())
         });
-        if attached {
-            format!("<QSharedMemory {key:?} attached, {size} bytes>")
+        Ok(if attached {
+            format!("<{class} {key:?} attached, {size} bytes>")
         } else {
-            format!("<QSharedMemory {key:?} not attached>")
-        }
+            format!("<{class} {key:?} not attached>")
+        })
     }
 
     /// Makes the handle independent of the parent after `fork()` (called from an

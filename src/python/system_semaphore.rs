@@ -62,7 +62,7 @@ fn c_int(obj: Option<&Bound<'_, PyAny>>, what: &str, default: i32) -> PyResult<i
     let Some(obj) = obj.filter(|o| !o.is_none()) else {
         return Ok(default);
     };
-    let value = int_value(obj, what)?;
+    let value = int_value(obj, &format!("an int for {what}"))?;
     i32::try_from(value)
         .map_err(|_| PyOverflowError::new_err(format!("{what} {value} does not fit in a C int")))
 }
