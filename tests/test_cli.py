@@ -587,14 +587,14 @@ def test_demo_runs_the_demonstration_with_all_its_arguments(
     seen: list[list[str]] = []
     fake = types.ModuleType("qsharedmem.demo")
 
-    def demo_main(argv: list[str] | None = None) -> int:
-        seen.append(list(argv or []))
+    def demo_main(argv: list[str] | None = None, prog: str = "") -> int:
+        seen.append([prog, *(argv or [])])
         return 7
 
     fake.main = demo_main  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "qsharedmem.demo", fake)
     assert cli.main(["demo", "--help", "--rounds", "3"]) == 7
-    assert seen == [["--help", "--rounds", "3"]]
+    assert seen == [["qsharedmem demo", "--help", "--rounds", "3"]]
 
 
 def test_demo_without_the_demonstration_says_so(

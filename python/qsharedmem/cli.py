@@ -456,7 +456,7 @@ def _run_demo(demo_args: Sequence[str]) -> int:
             "the demonstration is not part of this installation (qsharedmem.demo is missing)",
             EXIT_FAILURE,
         ) from e
-    return int(demo.main(list(demo_args)) or 0)
+    return int(demo.main(list(demo_args), prog="qsharedmem demo") or 0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -444,10 +444,11 @@ class Demo:
             self.phase_recovery()
             self.phase_final_check()
         except DemoFailure as failure:
-            self.check(f"the demo ran to the end ({failure})", False)
+            self.check(f"stopped early: {failure}", False)
         finally:
             self.stop_workers()
-        self.phase_last_detach()
+        if self.shm.isAttached() or self.handles:
+            self.phase_last_detach()
         passed = all(ok for _, ok in self.checks)
         failed = [what for what, ok in self.checks if not ok]
         print()
@@ -605,9 +606,11 @@ class Demo:
 # Command line
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(
+    argv: list[str] | None, prog: str = "python -m qsharedmem.demo"
+) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m qsharedmem.demo",
+        prog=prog,
         description="Several processes update a shared ledger under the lock; one is killed "
         "holding it; the others recover. Exit status 0 if every check passes.",
     )
@@ -632,8 +635,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m qsharedmem.demo") -> int:
+    """Runs the demonstration; ``prog`` is the command name its ``--help`` shows."""
+    args = parse_args(argv, prog)
     key_type = {
         "posix": QNativeIpcKey.Type.PosixRealtime,
         "systemv": QNativeIpcKey.Type.SystemV,
