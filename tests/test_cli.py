@@ -504,11 +504,14 @@ def test_looking_never_keeps_a_last_detacher_from_cleaning_up(
     }
     seen = dict.fromkeys(natives.values(), 0)
     tried = 0
-    # A fixed amount of looking (not a duration). A listing opens and reads every segment that
-    # exists while it runs, but reports only those still there when it is done: the child's
-    # POSIX segments rarely live that long, its System V ones (listed from one kernel table)
-    # often do.
-    for _ in range(300):
+    # An amount of looking, not a duration: at least 300 listings, and on until they overlapped
+    # the child's segments (a loaded machine may not run the child during the first 300). A
+    # listing opens and reads every segment that exists while it runs, but reports only those
+    # still there when it is done: the child's POSIX segments rarely live that long, its System
+    # V ones (listed from one kernel table) often do.
+    for listing in range(20_000):
+        if listing >= 300 and seen["systemv"] > 0 and tried > 0:
+            break
         for segment in inspection.list_segments():
             if segment["native_key"] not in natives:
                 continue
