@@ -752,7 +752,7 @@ impl SharedMemory {
         };
         match backend {
             Backend::SysV { project_id } => {
-                let taken = self.lock_internally("QSharedMemory::create", interrupt)?;
+                let mut taken = self.lock_internally("QSharedMemory::create", interrupt)?;
                 testpoint::step("create:locked");
                 let result = if size == 0 {
                     Err(too_small())
@@ -765,6 +765,11 @@ impl SharedMemory {
                         "QSharedMemory::create: unable to lock",
                     ))
                 };
+                if let (Ok(_), Some(taken)) = (&result, &mut taken) {
+                    // A new segment (in place of a dead holder's orphan, if any): there is no
+                    // data the death could have left inconsistent, so it is not reported.
+                    taken.unreported_death = false;
+                }
                 Self::unlock_internally(taken);
                 let att = result.map_err(|e| self.record(e))?;
                 self.attachment = Some(Arc::new(att));
