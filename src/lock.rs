@@ -284,9 +284,9 @@ impl LockPrimitive {
         }
     }
 
-    /// Releases the lock. `recovered` says that this acquisition reported a dead owner, so the
-    /// System V consistent token must be given back.
-    pub(crate) fn release(&self, recovered: bool) -> Result<(), Errno> {
+    /// Releases the lock (for System V with the consistent token, also after a recovery: the
+    /// death was reported, and the lock is consistent again).
+    pub(crate) fn release(&self) -> Result<(), Errno> {
         let result = match self {
             Self::Mutex(att) => {
                 let control = att.control().ok_or(Errno(libc::EINVAL))?;
@@ -294,7 +294,7 @@ impl LockPrimitive {
                 crate::testpoint::step("unlock:owner-cleared");
                 mutex::unlock(control.mapping(), control.mutex_offset())
             }
-            Self::SysV(sem) => release_sysv(sem, recovered),
+            Self::SysV(sem) => release_sysv(sem),
             Self::Posix(sem) => sem.semaphore().post(),
         };
         if result.is_ok() {
@@ -303,20 +303,19 @@ impl LockPrimitive {
         result
     }
 
-    /// Releases a lock that was taken from a dead holder for an internal operation, leaving
-    /// the death to be reported by the next lock(): for System V the consistent token stays
-    /// missing. Other primitives are released as usual (internal operations take only System
-    /// V locks).
-    pub(crate) fn release_keeping_death(&self) -> Result<(), Errno> {
+    /// Releases a lock that nobody was told of (taken for an internal operation, or by a wait
+    /// whose handle went away). If it was taken from a dead holder (`death_unreported`), the
+    /// System V consistent token stays missing, so that the next lock() reports the death.
+    pub(crate) fn release_unreported(&self, death_unreported: bool) -> Result<(), Errno> {
         match self {
-            Self::SysV(sem) => {
-                let result = sem.operate(&[GIVE_LOCK], None);
+            Self::SysV(sem) if death_unreported => {
+                let result = sem.operate(give_back_ops(sem, true), None);
                 if result.is_ok() {
                     self.note_released();
                 }
                 result
             }
-            _ => self.release(true),
+            _ => self.release(),
         }
     }
 
@@ -513,15 +512,7 @@ pub(crate) fn acquire_for_cleanup(
 /// Releases a lock taken by [`acquire_for_cleanup`] (unless the cleanup removed it).
 pub(crate) fn release_after_cleanup(sem: &SysVSemaphore, recovered: bool) {
     if sem.is_open() {
-        let ops: &[SemOp] = if sem.has_consistency_token() {
-            &[GIVE_TOKEN, GIVE_LOCK]
-        } else {
-            &[GIVE_LOCK]
-        };
-        // A dead holder's lock taken for a cleanup: the token stays missing, so that the next
-        // lock() still reports the death.
-        let ops = if recovered { &[GIVE_LOCK][..] } else { ops };
-        let _ = sem.operate_existing(ops, None);
+        let _ = sem.operate_existing(give_back_ops(sem, recovered), None);
     }
     mark_released(Identity::SysV(sem.native_key()));
 }
@@ -539,17 +530,22 @@ fn wait_sysv(sem: &SysVSemaphore, slice: Duration) -> Result<Option<Acquired>, L
     sysv_attempt(sem, Some(slice))
 }
 
-fn release_sysv(sem: &SysVSemaphore, recovered: bool) -> Result<(), Errno> {
-    if sem.has_consistency_token() {
-        // Normal unlock gives back the token we took; after a recovery the token was missing
-        // and giving it back makes the lock consistent again. Both are the same operation.
-        let _ = recovered;
-        match sem.operate(&[GIVE_TOKEN, GIVE_LOCK], None) {
-            Err(Errno(libc::EFBIG)) => sem.operate(&[GIVE_LOCK], None),
-            other => other,
-        }
+/// What gives a System V lock back: the lock and the consistent token (the one taken, or the
+/// one a dead holder's recovery restores), or the lock alone if the set has no token or a
+/// death taken over (`keep_death`) must stay for the next lock() to report.
+fn give_back_ops(sem: &SysVSemaphore, keep_death: bool) -> &'static [SemOp] {
+    if sem.has_consistency_token() && !keep_death {
+        &[GIVE_TOKEN, GIVE_LOCK]
     } else {
-        sem.operate(&[GIVE_LOCK], None)
+        &[GIVE_LOCK]
+    }
+}
+
+fn release_sysv(sem: &SysVSemaphore) -> Result<(), Errno> {
+    match sem.operate(give_back_ops(sem, false), None) {
+        // The set was replaced by one without a token meanwhile.
+        Err(Errno(libc::EFBIG)) => sem.operate(&[GIVE_LOCK], None),
+        other => other,
     }
 }
 

@@ -1616,6 +1616,6 @@ pub(crate) fn settle_foreign_size(lock: &LockPrimitive) {
         waited >= Duration::from_secs(1)
     };
     if let Ok(got) = lock.acquire(Some(Duration::from_secs(1)), &mut none) {
-        let _ = lock.release(got == crate::lock::Acquired::OwnerDied);
+        let _ = lock.release_unreported(got == crate::lock::Acquired::OwnerDied);
     }
 }

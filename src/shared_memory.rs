@@ -45,10 +45,9 @@ struct Previous {
     name_removed: bool,
 }
 
-/// Holding the lock: how it was acquired.
+/// Holding the lock: which thread took it.
 #[derive(Clone, Copy, Debug)]
 struct Held {
-    recovered: bool,
     thread: i32,
 }
 
@@ -467,13 +466,7 @@ impl SharedMemory {
                     return;
                 }
             }
-            if unreported_death {
-                // Nobody has been told that the holder died: leave the death for the next
-                // lock() to report.
-                let _ = primitive.release_keeping_death();
-            } else {
-                let _ = primitive.release(false);
-            }
+            let _ = primitive.release_unreported(unreported_death);
         }
     }
 
@@ -545,7 +538,7 @@ impl SharedMemory {
                 .as_ref()
                 .is_some_and(|current| current.same_as(&wait.primitive));
         if !unchanged {
-            let _ = wait.primitive.release(got == Acquired::OwnerDied);
+            wait.give_back(got);
             return Err(self.record(Error::new(
                 ErrorKind::LockError,
                 "QSharedMemory::lock: unable to lock (the handle changed while waiting)",
@@ -568,7 +561,7 @@ impl SharedMemory {
     fn release_if_lost(&mut self, got: Acquired) -> crate::Result<()> {
         if self.attachment.as_ref().is_some_and(|a| a.lost_pages()) {
             if let Some(primitive) = &self.lock {
-                let _ = primitive.release(got == Acquired::OwnerDied);
+                let _ = primitive.release_unreported(got == Acquired::OwnerDied);
             }
             return self.refuse_lost_memory();
         }
@@ -606,7 +599,6 @@ impl SharedMemory {
     fn note_locked(&mut self, got: Acquired) -> bool {
         let recovered = got == Acquired::OwnerDied;
         self.held = Some(Held {
-            recovered,
             thread: process::thread_id(),
         });
         self.owner_died = recovered;
@@ -691,7 +683,7 @@ impl SharedMemory {
             ))),
             Some(primitive) => {
                 testpoint::step("unlock:begin");
-                let released = primitive.release(held.recovered);
+                let released = primitive.release();
                 self.held = None;
                 released
                     .map(|()| testpoint::step("unlock:released"))
@@ -1049,14 +1041,12 @@ pub(crate) struct LockWait {
 
 impl LockWait {
     /// Gives back a lock that [`wait`](Self::wait) got, without recording it anywhere (the
-    /// caller could not get to its handle in time). A death it found stays unreported.
-    #[cfg(feature = "python")]
+    /// caller could not get to its handle in time, or the handle changed). A death it found
+    /// stays for the next lock() to report.
     pub(crate) fn give_back(&self, got: Acquired) {
-        if got == Acquired::OwnerDied {
-            let _ = self.primitive.release_keeping_death();
-        } else {
-            let _ = self.primitive.release(false);
-        }
+        let _ = self
+            .primitive
+            .release_unreported(got == Acquired::OwnerDied);
     }
 
     /// Waits at most `timeout` (`None`: as long as it takes), checking `interrupt` between
@@ -1262,9 +1252,9 @@ impl Drop for SharedMemory {
                 // of the process, so that its next lock does not write into unmapped memory
                 // and its death still releases the mutex for the other processes.
                 std::mem::forget(Arc::clone(attachment));
-            } else if let (Some(primitive), Some(held)) = (&self.lock, self.held) {
+            } else if let Some(primitive) = &self.lock {
                 // A semaphore has no owner: give it back for the thread that can no longer.
-                let _ = primitive.release(held.recovered);
+                let _ = primitive.release();
             }
             self.held = None;
         }

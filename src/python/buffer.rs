@@ -46,6 +46,10 @@ impl SegmentBuffer {
 
 #[pymethods]
 impl SegmentBuffer {
+    /// `bf_getbuffer`.
+    ///
+    /// # Safety
+    /// `view` must be a valid `Py_buffer` to fill: CPython's buffer protocol guarantees it.
     unsafe fn __getbuffer__(
         slf: Bound<'_, Self>,
         view: *mut ffi::Py_buffer,
