@@ -527,7 +527,12 @@ fn try_sysv(sem: &SysVSemaphore) -> Result<Option<Acquired>, LockFailure> {
 }
 
 fn wait_sysv(sem: &SysVSemaphore, slice: Duration) -> Result<Option<Acquired>, LockFailure> {
-    sysv_attempt(sem, Some(slice))
+    let got = sysv_attempt(sem, Some(slice));
+    if matches!(got, Ok(None)) {
+        // Held for a whole slice: perhaps by nobody, in a set whose creator died.
+        sem.repair_if_left_uninitialised();
+    }
+    got
 }
 
 /// What gives a System V lock back: the lock and the consistent token (the one taken, or the

@@ -14,6 +14,7 @@ use crate::error::{SemaphoreError, SemaphoreErrorKind};
 use crate::sys::namedsem::{self, NamedSemaphore, OpenMode};
 use crate::sys::sysv::{self, SemOp};
 use crate::sys::Errno;
+use crate::testpoint;
 
 /// How to open a semaphore, as `QSystemSemaphore::AccessMode` plus our safer variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,8 +28,13 @@ pub(crate) enum SemMode {
 
 /// System V semaphore sets that qsharedmem creates for `QSharedMemory` locks have this many
 /// semaphores: number 0 is Qt's lock, number 1 is a "consistent" token that a holder takes
-/// without `SEM_UNDO`, so that a holder's death leaves it missing (see [`crate::lock`]).
-pub(crate) const LOCK_SET_SIZE: i32 = 2;
+/// without `SEM_UNDO`, so that a holder's death leaves it missing (see [`crate::lock`]), and
+/// number 2 is raised once the set is initialised (see `SysVSemaphore::initialise`).
+pub(crate) const LOCK_SET_SIZE: i32 = 3;
+
+/// The size of the sets that qsharedmem creates for a `QSystemSemaphore`: its value, and the
+/// "initialised" flag.
+pub(crate) const COUNTER_SET_SIZE: i32 = 2;
 
 /// A System V semaphore set used the way Qt's `QSystemSemaphorePrivate` (systemv) uses it.
 #[derive(Debug)]
@@ -102,6 +108,13 @@ impl SysVSemaphore {
     /// `ftok`, or the set between the `EEXIST` and the open, start over. Qt opens the existing
     /// set with `IPC_CREAT`, which in that race creates a set nobody initialises (value 0: the
     /// lock is held forever); we open it without, and create it ourselves.
+    ///
+    /// And the IPC key must still be the key file's when the set is in hand. If the file was
+    /// removed and made again between our `ftok` and our `semget` (by the last detacher and
+    /// the next creator), the key we hold belongs to a file that no longer exists, and a set
+    /// made under it would be a second lock for the same segment: whoever opens the key file
+    /// now gets the new file's key, and the other set. So after `semget`, `ftok` again: a
+    /// different key (or no file) means start over, removing the set if this call made it.
     fn open_or_create_set(&self) -> Result<(i32, bool), SemaphoreError> {
         let ftok_failed = || {
             SemaphoreError::new(
@@ -116,24 +129,49 @@ impl SysVSemaphore {
                     "QSystemSemaphore::handle:: unable to make key",
                 )
             })?;
-            if created_file {
-                self.created_file.store(true, Ordering::Relaxed);
-            }
+            // Qt's `createdFile = (result == 1)`: whether *this* attempt made the file (one made
+            // by an earlier attempt may have been removed and made again by someone else).
+            self.created_file.store(created_file, Ordering::Relaxed);
             let key = match sysv::ftok(&self.key_file, self.project_id) {
                 Ok(key) => key,
                 Err(Errno(libc::ENOENT)) => continue,
                 Err(_) => return Err(ftok_failed()),
             };
+            testpoint::step("lock-set:keyed");
             let flags = 0o600 | libc::IPC_CREAT | libc::IPC_EXCL;
-            return match sysv::sem_get(key, self.create_size, flags) {
-                Ok(id) => Ok((id, true)),
+            let (id, created) = match sysv::sem_get(key, self.create_size, flags) {
+                Ok(id) => (id, true),
                 Err(Errno(libc::EEXIST)) => match sysv::sem_get(key, 0, 0o600) {
-                    Ok(id) => Ok((id, false)),
+                    Ok(id) => (id, false),
                     Err(Errno(libc::ENOENT)) => continue,
-                    Err(e) => Err(self.fail_handle(e)),
+                    Err(e) => return Err(self.fail_handle(e)),
                 },
-                Err(e) => Err(self.fail_handle(e)),
+                Err(e) => return Err(self.fail_handle(e)),
             };
+            if sysv::ftok(&self.key_file, self.project_id) != Ok(key) {
+                // The key file was replaced (or removed) meanwhile: this set is not the one
+                // that the file names now.
+                if created {
+                    let _ = sysv::sem_remove(id);
+                }
+                continue;
+            }
+            if !created {
+                match retirement(id) {
+                    Retirement::Live => {}
+                    // Its remover is about to unlink the key file and remove it: wait for that.
+                    Retirement::InProgress => {
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        continue;
+                    }
+                    // Its remover died before it could: finish the removal, then start over.
+                    Retirement::Abandoned => {
+                        let _ = sysv::sem_remove(id);
+                        continue;
+                    }
+                }
+            }
+            return Ok((id, created));
         }
         Err(ftok_failed())
     }
@@ -153,23 +191,115 @@ impl SysVSemaphore {
         if mode == SemMode::Create {
             self.created_file.store(true, Ordering::Relaxed);
             self.created_semaphore.store(true, Ordering::Relaxed);
-        }
-        if (created || mode == SemMode::Create) && self.initial_value >= 0 {
-            // A set we just created starts at 0; the extra "consistent" token (if any) starts
-            // present. Qt's Create mode resets an existing set too. The token goes first: once
-            // semaphore 0 is 1, other processes may lock, and a lock that is free while its
-            // token is missing means that its holder died (they would "recover" it, and the
-            // last detacher among them would remove the set we are still setting up).
-            for num in (0..size).rev() {
-                let value = if num == 0 { self.initial_value } else { 1 };
-                if let Err(e) = sysv::sem_set_value(id, num, value) {
+            // Qt's Create mode resets an existing set too (its takeover). The initialised
+            // flag goes first: an opener that found it missing meanwhile would add the
+            // initial value a second time.
+            if let Some(flag) = self.initialised_flag(size) {
+                if let Err(e) = sysv::sem_set_value(id, i32::from(flag), 1) {
                     return Err(self.fail_handle(e));
                 }
             }
+            if self.initial_value >= 0 {
+                if let Err(e) = sysv::sem_set_value(id, 0, self.initial_value) {
+                    return Err(self.fail_handle(e));
+                }
+            }
+        } else if let Err(e) = {
+            if created {
+                testpoint::step("lock-set:created");
+            }
+            self.initialise(id, size, created)
+        } {
+            return Err(self.fail_handle(e));
         }
         self.size.store(size, Ordering::Relaxed);
         self.semid.store(id, Ordering::Release);
         Ok(id)
+    }
+
+    /// The number of the "initialised" semaphore in a set of `size` semaphores, if the set has
+    /// one: sets that qsharedmem creates have it last (locks: lock, token, flag; counting
+    /// semaphores: value, flag). Qt's sets (one semaphore) and those of qsharedmem 0.1 (a lock
+    /// and its token) do not.
+    fn initialised_flag(&self, size: i32) -> Option<u16> {
+        (size == self.create_size && size >= 2)
+            .then(|| u16::try_from(size - 1).ok())
+            .flatten()
+    }
+
+    /// Gives a new set its initial values, exactly once, whoever does it.
+    ///
+    /// A set is born with every value 0, and a creator can be killed before it sets them: the
+    /// lock would then be held forever by nobody. So the values are set by one `semop`, which
+    /// is atomic, and which also raises the set's "initialised" flag, and only if that flag is
+    /// still down: the creator runs it, and so does every opener, so that a set whose creator
+    /// died before initialising it is initialised by the next user (and by nobody twice).
+    ///
+    /// A lock set without that flag (Qt's, or qsharedmem 0.1's) whose lock is taken although
+    /// no `semop` ever succeeded on it (`sem_otime` 0: nobody can have taken it) was left
+    /// uninitialised by a creator that died between `semget` and its `SETVAL`; once that is
+    /// more than a second ago, the creator is not merely slow, and the lock is initialised here.
+    fn initialise(&self, id: i32, size: i32, created: bool) -> Result<(), Errno> {
+        let value = i16::try_from(self.initial_value.max(0)).map_err(|_| Errno(libc::ERANGE))?;
+        let give = |num: u16, delta: i16| SemOp {
+            num,
+            delta,
+            undo: false,
+            no_wait: false,
+        };
+        let when_zero = |num: u16| SemOp {
+            num,
+            delta: 0,
+            undo: false,
+            no_wait: true,
+        };
+        let mut ops = Vec::with_capacity(4);
+        if let Some(flag) = self.initialised_flag(size) {
+            ops.extend([when_zero(flag), give(flag, 1)]);
+        } else if created || self.create_size != LOCK_SET_SIZE || !self.left_uninitialised(id) {
+            // A set of another layout that we did not just create: its creator initialises it.
+            if created && self.initial_value >= 0 {
+                return sysv::sem_set_value(id, 0, self.initial_value);
+            }
+            return Ok(());
+        } else {
+            ops.push(when_zero(0));
+        }
+        if value > 0 {
+            ops.push(give(0, value));
+        }
+        if size >= 2 && self.create_size == LOCK_SET_SIZE {
+            // The lock's "consistent" token starts present.
+            ops.extend([when_zero(1), give(1, 1)]);
+        }
+        match sysv::sem_op(id, &ops, None) {
+            // Someone else initialised it first.
+            Ok(()) | Err(Errno(libc::EAGAIN)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A lock wait that found the lock taken calls this between its wait slices: a lock set of
+    /// Qt's layout whose creator died before initialising it is noticed once that is a second
+    /// ago (see [`Self::initialise`]), also when the set was first opened sooner than that.
+    pub(crate) fn repair_if_left_uninitialised(&self) {
+        let id = self.semid.load(Ordering::Acquire);
+        let size = self.size.load(Ordering::Relaxed);
+        if id >= 0 && self.create_size == LOCK_SET_SIZE && self.initialised_flag(size).is_none() {
+            let _ = self.initialise(id, size, false);
+        }
+    }
+
+    /// Whether the lock set `id` (of a layout without the "initialised" flag) was left
+    /// uninitialised by a creator that died: see [`Self::initialise`].
+    fn left_uninitialised(&self, id: i32) -> bool {
+        let Ok(stat) = sysv::sem_stat(id) else {
+            return false;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        stat.last_op == 0 && sysv::sem_value(id, 0) == Ok(0) && now - stat.changed > 1
     }
 
     fn fail_handle(&self, errno: Errno) -> SemaphoreError {
@@ -330,23 +460,38 @@ impl SysVSemaphore {
     /// if this object created it (or opened it in `Create` mode).
     pub(crate) fn clean_handle(&self) {
         let id = self.semid.swap(-1, Ordering::AcqRel);
+        let remove_set = self.created_semaphore.swap(false, Ordering::Relaxed) && id >= 0;
+        if remove_set {
+            retire(id);
+        }
         if self.created_file.swap(false, Ordering::Relaxed) {
             let _ = sysv::remove_key_file(&self.key_file);
         }
-        if self.created_semaphore.swap(false, Ordering::Relaxed) && id >= 0 {
+        if remove_set {
             let _ = sysv::sem_remove(id);
+            remove_abandoned_sets();
         }
     }
 
     /// Removes the set and its key file, whoever created them (the last user of a shared memory
     /// segment does this, under the lock).
+    ///
+    /// The key file goes first: once it is gone, nobody can find the set any more (an opener
+    /// that got its key just before makes sure afterwards that the file still names it), so
+    /// nobody can start using the set while it is being removed. A remover killed between the
+    /// two steps leaves the set behind under a key that no file has; it marks the set retired
+    /// first, so that the next remover finds it and removes it (see [`remove_abandoned_sets`]).
     pub(crate) fn remove(&self) {
         let id = self.semid.swap(-1, Ordering::AcqRel);
         self.created_file.store(false, Ordering::Relaxed);
         self.created_semaphore.store(false, Ordering::Relaxed);
+        if id >= 0 {
+            retire(id);
+        }
         let _ = sysv::remove_key_file(&self.key_file);
         if id >= 0 {
             let _ = sysv::sem_remove(id);
+            remove_abandoned_sets();
         }
     }
 
@@ -364,6 +509,74 @@ impl SysVSemaphore {
     /// Whether this object created the set (so that, by Qt's rules, it cleans it up).
     pub(crate) fn owns_semaphore(&self) -> bool {
         self.created_semaphore.load(Ordering::Relaxed)
+    }
+}
+
+/// The value of the "initialised" semaphore of a set that is being removed: [`retire`] adds
+/// this much to it (1: initialised) before the key file goes. Distinctive ("QS"), so that no
+/// set of another program is mistaken for one of ours.
+const RETIRED: i32 = 0x5153;
+
+/// The "initialised" semaphore of a set of qsharedmem's layouts (its last), if it has one:
+/// locks have 3 semaphores (lock, token, flag), counting semaphores 2 (value, flag).
+fn flag_of(count: u64) -> Option<i32> {
+    matches!(count, 2 | 3).then(|| i32::try_from(count).map_or(0, |n| n - 1))
+}
+
+/// Marks the set `id` as being removed (its remover holds it, or owns it).
+fn retire(id: i32) {
+    let Some(flag) = sysv::sem_count(id).ok().and_then(flag_of) else {
+        return;
+    };
+    let mark = SemOp {
+        num: flag as u16,
+        delta: (RETIRED - 1) as i16,
+        undo: false,
+        no_wait: true,
+    };
+    let _ = sysv::sem_op(id, &[mark], None);
+}
+
+/// Whether a set is being removed, and by whom.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retirement {
+    /// It is not.
+    Live,
+    /// By a process that is still alive (it will be gone in a moment).
+    InProgress,
+    /// By a process that died before it could finish.
+    Abandoned,
+}
+
+fn retirement(id: i32) -> Retirement {
+    let Some(flag) = sysv::sem_count(id).ok().and_then(flag_of) else {
+        return Retirement::Live;
+    };
+    if sysv::sem_value(id, flag) != Ok(RETIRED) {
+        return Retirement::Live;
+    }
+    // The last process that operated on the flag is the one that retired the set.
+    match sysv::sem_last_pid(id, flag) {
+        Ok(pid) if pid > 0 && crate::sys::process::is_alive(pid) => Retirement::InProgress,
+        _ => Retirement::Abandoned,
+    }
+}
+
+/// Removes this user's sets whose remover died between unlinking their key file and removing
+/// them: nobody can find those by key any more, so every remover looks for them (they are rare:
+/// this reads `/proc/sysvipc/sem` and asks only about sets of our layouts).
+pub(crate) fn remove_abandoned_sets() {
+    let Ok(sets) = sysv::list_semaphore_sets() else {
+        return;
+    };
+    let me = crate::sys::process::euid();
+    for set in sets {
+        if set.uid == me
+            && flag_of(set.count).is_some()
+            && retirement(set.id) == Retirement::Abandoned
+        {
+            let _ = sysv::sem_remove(set.id);
+        }
     }
 }
 

@@ -119,7 +119,7 @@ impl Handle {
                 native,
                 project_id,
                 initial_value,
-                1,
+                crate::semaphore::COUNTER_SET_SIZE,
                 mode.into(),
             )?),
             Some(Backend::Posix) => {

@@ -17,6 +17,7 @@
 //! | detach | `detach:begin`, `detach:exclusive` (last one: `LOCK_EX` held, name not yet removed), `detach:unlinked` | `detach:begin`, `detach:locked` (semaphore held, still attached), `detach:unmapped` (`shmdt` done, last-detacher check not yet made), `detach:removed` (segment removed, key file and semaphore not yet) |
 //! | lock | `lock:owned` (mutex taken, owner pid not yet recorded), `lock:acquired` | `lock:acquired` |
 //! | unlock | `unlock:begin`, `unlock:owner-cleared` (owner pid cleared, mutex still held), `unlock:released` | `unlock:begin`, `unlock:released` |
+//! | opening the lock | — | `lock-set:keyed` (`ftok` of the lock's key file done, `semget` not yet), `lock-set:created` (set created, not yet initialised) |
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::OnceLock;

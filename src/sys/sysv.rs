@@ -179,14 +179,63 @@ pub fn list_segments() -> SysResult<Vec<(i32, ShmStat)>> {
     Ok(out)
 }
 
+/// One line of `/proc/sysvipc/sem`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SemSetEntry {
+    /// The set's id.
+    pub id: i32,
+    /// Its IPC key.
+    pub key: IpcKey,
+    /// How many semaphores it has.
+    pub count: u64,
+    /// The owner's uid.
+    pub uid: u32,
+}
+
+/// Every System V semaphore set on the machine (that this process may see).
+pub fn list_semaphore_sets() -> SysResult<Vec<SemSetEntry>> {
+    let text = std::fs::read_to_string("/proc/sysvipc/sem")
+        .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    // key semid perms nsems uid gid cuid cgid otime ctime
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let key = fields.next()?.parse().ok()?;
+            let id = fields.next()?.parse().ok()?;
+            let count = fields.nth(1)?.parse().ok()?;
+            let uid = fields.next()?.parse().ok()?;
+            Some(SemSetEntry {
+                id,
+                key,
+                count,
+                uid,
+            })
+        })
+        .collect())
+}
+
 /// `semget(key, nsems, flags)`.
 pub fn sem_get(key: IpcKey, nsems: i32, flags: i32) -> SysResult<i32> {
     // SAFETY: plain integer arguments.
     cvt(unsafe { libc::semget(key, nsems, flags) })
 }
 
-/// The number of semaphores in the set `id` (`IPC_STAT`'s `sem_nsems`).
-pub fn sem_count(id: i32) -> SysResult<u64> {
+/// What `IPC_STAT` says about a semaphore set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SemStat {
+    /// How many semaphores the set has (`sem_nsems`).
+    pub count: u64,
+    /// When a `semop` last succeeded on the set (`sem_otime`, seconds since the epoch); 0 if
+    /// none ever did, which also means that nobody holds any of its semaphores.
+    pub last_op: i64,
+    /// When the set was created or last changed by `semctl` (`sem_ctime`, e.g. a `SETVAL`).
+    pub changed: i64,
+}
+
+/// `semctl(id, 0, IPC_STAT)`.
+pub fn sem_stat(id: i32) -> SysResult<SemStat> {
     let mut ds = std::mem::MaybeUninit::<libc::semid_ds>::uninit();
     // SAFETY: IPC_STAT takes a `struct semid_ds *` as its fourth (variadic) argument; `ds` is
     // valid for writes of one.
@@ -195,7 +244,16 @@ pub fn sem_count(id: i32) -> SysResult<u64> {
     let ds = unsafe { ds.assume_init() };
     // c_ulong: u64 on the 64-bit targets we build for, narrower elsewhere.
     #[allow(clippy::useless_conversion)]
-    Ok(u64::from(ds.sem_nsems))
+    Ok(SemStat {
+        count: u64::from(ds.sem_nsems),
+        last_op: i64::from(ds.sem_otime),
+        changed: i64::from(ds.sem_ctime),
+    })
+}
+
+/// The number of semaphores in the set `id` (`IPC_STAT`'s `sem_nsems`).
+pub fn sem_count(id: i32) -> SysResult<u64> {
+    sem_stat(id).map(|st| st.count)
 }
 
 /// `semctl(id, num, SETVAL, value)`.
