@@ -339,7 +339,7 @@ impl InspectError {
     fn os(context: impl Into<String>, errno: Errno) -> Self {
         Self::Os {
             context: context.into(),
-            errno: errno.0,
+            errno: errno.raw(),
         }
     }
 
@@ -443,9 +443,8 @@ fn time_from_secs(secs: i64) -> Option<SystemTime> {
 
 /// The regular files in `/dev/shm` but named semaphores, in `scope`, by name.
 fn posix_files(scope: Scope) -> Result<Vec<(String, posix::FileStat)>, InspectError> {
-    let entries = std::fs::read_dir(posix::SHM_DIR).map_err(|e| {
-        InspectError::os(posix::SHM_DIR, Errno(e.raw_os_error().unwrap_or(libc::EIO)))
-    })?;
+    let entries = std::fs::read_dir(posix::SHM_DIR)
+        .map_err(|e| InspectError::os(posix::SHM_DIR, Errno::from_io(&e)))?;
     let mut names: Vec<String> = entries
         .flatten()
         .filter_map(|entry| entry.file_name().into_string().ok())
@@ -479,11 +478,11 @@ fn posix_segment(snapshot: &Snapshot, name: &str, listed: posix::FileStat) -> Op
                 Err(e) => (st, None, Some(format!("unusable qsharedmem header: {e}"))),
             }
         }
-        Err(Errno(libc::ENOENT)) => return None,
+        Err(Errno::ENOENT) => return None,
         Err(e) => (
             listed,
             None,
-            Some(format!("cannot be read: {}", strerror(e.0))),
+            Some(format!("cannot be read: {}", strerror(e.raw()))),
         ),
     };
     let file = FileId::of(&st);
@@ -739,7 +738,7 @@ fn sysv_list(scope: Scope) -> Result<Vec<(i32, ShmStat)>, InspectError> {
     let segments = match sysv::list_segments() {
         Ok(segments) => segments,
         // A kernel without System V IPC.
-        Err(Errno(libc::ENOENT)) => return Ok(Vec::new()),
+        Err(Errno::ENOENT) => return Ok(Vec::new()),
         Err(e) => return Err(InspectError::os("/proc/sysvipc/shm", e)),
     };
     Ok(segments
@@ -1069,7 +1068,7 @@ pub fn preview(segment: &SegmentInfo, max: usize) -> Result<Vec<u8>, InspectErro
     };
     match &segment.object {
         Object::Posix { file_name, file } => {
-            let fd = posix::open_existing(file_name, false).map_err(|e| match e.0 {
+            let fd = posix::open_existing(file_name, false).map_err(|e| match e.raw() {
                 libc::ENOENT => gone(),
                 _ => InspectError::os(format!("opening {file_name}"), e),
             })?;
@@ -1140,9 +1139,9 @@ fn take_sysv_lock(
     loop {
         match sysv::sem_op(semid, &[op], wait) {
             Ok(()) => return Ok(Some(semid)),
-            Err(Errno(libc::EINTR)) => continue,
-            Err(Errno(libc::EIDRM | libc::EINVAL)) => return Ok(None),
-            Err(Errno(libc::EAGAIN)) => {
+            Err(Errno::EINTR) => continue,
+            Err(Errno::EIDRM | Errno::EINVAL) => return Ok(None),
+            Err(Errno::EAGAIN) => {
                 let holder = sysv::sem_last_pid(semid, 0)
                     .ok()
                     .filter(|&p| p > 0)
@@ -1241,7 +1240,7 @@ fn remove_posix(
     let mut removed = Vec::new();
     let fd = match posix::open_existing(file_name, false) {
         Ok(fd) => fd,
-        Err(Errno(libc::ENOENT)) => return Ok(removed),
+        Err(Errno::ENOENT) => return Ok(removed),
         Err(e) => return Err(InspectError::os(format!("opening {path}"), e)),
     };
     let st = posix::fstat(fd.as_fd()).map_err(|e| InspectError::os("fstat", e))?;

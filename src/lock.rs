@@ -225,7 +225,7 @@ impl LockPrimitive {
             Self::SysV(sem) => try_sysv(sem)?,
             Self::Posix(sem) => match sem.semaphore().try_wait() {
                 Ok(()) => Some(Acquired::Locked),
-                Err(Errno(libc::EAGAIN)) => None,
+                Err(Errno::EAGAIN) => None,
                 Err(e) => return Err(LockFailure::Os(e)),
             },
         };
@@ -270,7 +270,7 @@ impl LockPrimitive {
             Self::SysV(sem) => wait_sysv(sem, slice),
             Self::Posix(sem) => match sem.semaphore().wait_for(slice) {
                 Ok(()) => Ok(Some(Acquired::Locked)),
-                Err(Errno(libc::ETIMEDOUT | libc::EINTR)) => Ok(None),
+                Err(Errno::ETIMEDOUT | Errno::EINTR) => Ok(None),
                 Err(e) => Err(LockFailure::Os(e)),
             },
         })?;
@@ -289,7 +289,7 @@ impl LockPrimitive {
     pub(crate) fn release(&self) -> Result<(), Errno> {
         let result = match self {
             Self::Mutex(att) => {
-                let control = att.control().ok_or(Errno(libc::EINVAL))?;
+                let control = att.control().ok_or(Errno::EINVAL)?;
                 control.set_lock_owner(0);
                 crate::testpoint::step("unlock:owner-cleared");
                 mutex::unlock(control.mapping(), control.mutex_offset())
@@ -327,7 +327,7 @@ impl LockPrimitive {
 }
 
 fn mutex_result(att: &Attachment, got: MutexAcquired) -> Result<Acquired, LockFailure> {
-    let control = att.control().ok_or(LockFailure::Os(Errno(libc::EINVAL)))?;
+    let control = att.control().ok_or(LockFailure::Os(Errno::EINVAL))?;
     let acquired = match got {
         MutexAcquired::Locked => Acquired::Locked,
         MutexAcquired::OwnerDied => {
@@ -345,11 +345,11 @@ fn mutex_result(att: &Attachment, got: MutexAcquired) -> Result<Acquired, LockFa
 }
 
 fn try_mutex(att: &Attachment) -> Result<Option<Acquired>, LockFailure> {
-    let control = att.control().ok_or(LockFailure::Os(Errno(libc::EINVAL)))?;
+    let control = att.control().ok_or(LockFailure::Os(Errno::EINVAL))?;
     match mutex::try_lock(control.mapping(), control.mutex_offset()) {
         Ok(got) => mutex_result(att, got).map(Some),
-        Err(Errno(libc::EBUSY)) => Ok(None),
-        Err(Errno(libc::EDEADLK)) => Err(LockFailure::WouldDeadlock),
+        Err(Errno::EBUSY) => Ok(None),
+        Err(Errno::EDEADLK) => Err(LockFailure::WouldDeadlock),
         Err(e) => Err(LockFailure::Os(e)),
     }
 }
@@ -383,11 +383,11 @@ fn mutex_looks_free(att: &Attachment) -> bool {
 }
 
 fn wait_mutex(att: &Attachment, slice: Duration) -> Result<Option<Acquired>, LockFailure> {
-    let control = att.control().ok_or(LockFailure::Os(Errno(libc::EINVAL)))?;
+    let control = att.control().ok_or(LockFailure::Os(Errno::EINVAL))?;
     match mutex::lock_for(control.mapping(), control.mutex_offset(), slice) {
         Ok(got) => mutex_result(att, got).map(Some),
-        Err(Errno(libc::ETIMEDOUT | libc::EINTR)) => Ok(None),
-        Err(Errno(libc::EDEADLK)) => Err(LockFailure::WouldDeadlock),
+        Err(Errno::ETIMEDOUT | Errno::EINTR) => Ok(None),
+        Err(Errno::EDEADLK) => Err(LockFailure::WouldDeadlock),
         Err(e) => Err(LockFailure::Os(e)),
     }
 }
@@ -438,7 +438,7 @@ fn nowait(op: SemOp) -> SemOp {
 fn retry_later(errno: Errno) -> bool {
     matches!(
         errno,
-        Errno(libc::EAGAIN | libc::EINTR | libc::EFBIG | libc::EIDRM | libc::EINVAL)
+        Errno::EAGAIN | Errno::EINTR | Errno::EFBIG | Errno::EIDRM | Errno::EINVAL
     )
 }
 
@@ -549,7 +549,7 @@ fn give_back_ops(sem: &SysVSemaphore, keep_death: bool) -> &'static [SemOp] {
 fn release_sysv(sem: &SysVSemaphore) -> Result<(), Errno> {
     match sem.operate(give_back_ops(sem, false), None) {
         // The set was replaced by one without a token meanwhile.
-        Err(Errno(libc::EFBIG)) => sem.operate(&[GIVE_LOCK], None),
+        Err(Errno::EFBIG) => sem.operate(&[GIVE_LOCK], None),
         other => other,
     }
 }

@@ -288,7 +288,7 @@ fn classify(fd: BorrowedFd<'_>, file_size: u64) -> Result<Classified, Error> {
     match posix::read_at(fd, base as u64, &mut header) {
         Ok(read) if read == HEADER_LEN => {}
         Ok(_) => return Ok(Classified::Foreign),
-        Err(e) => return Err(Error::from_errno("QSharedMemory::attach (pread)", e.0)),
+        Err(e) => return Err(Error::from_errno("QSharedMemory::attach (pread)", e.raw())),
     }
     check_header(&header, file_size)
 }
@@ -367,13 +367,13 @@ pub(crate) fn read_control_record(
     }
     let mut bytes = vec![0u8; page];
     let read = posix::read_at(fd, (size - page) as u64, &mut bytes)
-        .map_err(|e| Error::from_errno("qsharedmem inspect (pread)", e.0))?;
+        .map_err(|e| Error::from_errno("qsharedmem inspect (pread)", e.raw()))?;
     if read < page {
         // Shrunk since it was measured: not a qsharedmem segment (those never change size).
         return Ok(None);
     }
     let copy = Mapping::anonymous(page)
-        .map_err(|e| Error::from_errno("qsharedmem inspect (mmap)", e.0))?;
+        .map_err(|e| Error::from_errno("qsharedmem inspect (mmap)", e.raw()))?;
     copy.write_from(0, &bytes);
     let control = ControlPage {
         map: &copy,
@@ -678,7 +678,7 @@ impl Attachment {
         }
         sysv::shm_remove(s.shmid)
             .map(|()| true)
-            .map_err(|e| removal_error("QSharedMemory::remove (shmctl)", e.0))
+            .map_err(|e| removal_error("QSharedMemory::remove (shmctl)", e.raw()))
     }
 
     /// The System V segment id.
@@ -875,7 +875,7 @@ fn remove_if_unused(shmid: i32, key_file: &CString, project_id: u8, lock: &SysVS
         // attached, and our detach was the last one. The key file and the lock were left for
         // us; they go too unless a new segment has taken the key meanwhile (it would share
         // them). Nobody is creating one right now: creators hold the lock, and so do we.
-        Err(Errno(libc::EINVAL | libc::EIDRM)) if !sysv_key_in_use(key_file, project_id) => {
+        Err(Errno::EINVAL | Errno::EIDRM) if !sysv_key_in_use(key_file, project_id) => {
             remove_key_file_and_lock(key_file, lock);
             true
         }
@@ -1070,7 +1070,7 @@ pub(crate) fn posix_file_name(native_key: &str) -> Result<String, Error> {
     }
     if let Err(e) = posix::shm_file_name(native_key, true) {
         return Err(Error::from_init_key(
-            &crate::error::SemaphoreError::from_errno("QSystemSemaphore::handle", e.0),
+            &crate::error::SemaphoreError::from_errno("QSystemSemaphore::handle", e.raw()),
         ));
     }
     posix::shm_file_name(native_key, false).map_err(|_| {
@@ -1115,36 +1115,38 @@ pub(crate) fn create_posix(
     };
     let data_len = round_up(size, page).ok_or_else(too_big)?;
     let total = data_len.checked_add(page).ok_or_else(too_big)?;
-    let fd = posix::create_unnamed(total as u64, 0o600).map_err(|e| match e.0 {
+    let fd = posix::create_unnamed(total as u64, 0o600).map_err(|e| match e.raw() {
         libc::ENOSPC => out_of_space(total),
         // What ftruncate says for these sizes (posix_fallocate now sizes the file).
-        libc::EFBIG | libc::EINVAL => Error::from_errno("QSharedMemory::create (ftruncate)", e.0),
-        _ => Error::from_errno("QSharedMemory::create", e.0),
+        libc::EFBIG | libc::EINVAL => {
+            Error::from_errno("QSharedMemory::create (ftruncate)", e.raw())
+        }
+        _ => Error::from_errno("QSharedMemory::create", e.raw()),
     })?;
     testpoint::step("create:reserved");
     let whole = Mapping::map_file(fd.as_fd(), 0, total, true)
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.raw()))?;
     let control = ControlPage {
         map: &whole,
         base: data_len,
     };
     control
         .initialise(size, native_key, legacy_key)
-        .map_err(|e| Error::from_errno("QSharedMemory::create (pthread_mutex_init)", e.0))?;
+        .map_err(|e| Error::from_errno("QSharedMemory::create (pthread_mutex_init)", e.raw()))?;
     testpoint::step("create:initialised");
     let lock_fd = refcount_descriptor(fd.as_fd())?;
     let file = posix::fstat(fd.as_fd())
         .map(|st| FileId::of(&st))
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.raw()))?;
     // A ReadOnly creator (Qt allows it) gets a read-only mapping from a read-only descriptor;
     // the writable mapping is kept only for the control page (the lock lives there).
     let (data, control_map) = if mode.is_writable() {
         (whole, None)
     } else {
         let ro_fd = posix::reopen(fd.as_fd(), false)
-            .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.0))?;
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (shm_open)", e.raw()))?;
         let data = Mapping::map_file(ro_fd.as_fd(), 0, total, false)
-            .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.raw()))?;
         (data, Some((whole, data_len)))
     };
 
@@ -1157,7 +1159,7 @@ pub(crate) fn create_posix(
                 published = true;
                 break;
             }
-            Err(Errno(libc::EEXIST)) => {
+            Err(Errno::EEXIST) => {
                 if !reclaim_orphan(file_name)? {
                     return Err(Error::from_errno(
                         "QSharedMemory::attach (shm_open)",
@@ -1165,7 +1167,12 @@ pub(crate) fn create_posix(
                     ));
                 }
             }
-            Err(e) => return Err(Error::from_errno("QSharedMemory::attach (shm_open)", e.0)),
+            Err(e) => {
+                return Err(Error::from_errno(
+                    "QSharedMemory::attach (shm_open)",
+                    e.raw(),
+                ))
+            }
         }
     }
     if !published {
@@ -1199,9 +1206,9 @@ pub(crate) fn create_posix(
 /// segment behind.
 fn refcount_descriptor(fd: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
     let lock_fd = posix::reopen(fd, false)
-        .map_err(|e| Error::from_errno("QSharedMemory::create (open)", e.0))?;
+        .map_err(|e| Error::from_errno("QSharedMemory::create (open)", e.raw()))?;
     posix::lock_shared(lock_fd.as_fd())
-        .map_err(|e| Error::from_errno("QSharedMemory::create (flock)", e.0))?;
+        .map_err(|e| Error::from_errno("QSharedMemory::create (flock)", e.raw()))?;
     Ok(lock_fd)
 }
 
@@ -1210,8 +1217,8 @@ fn refcount_descriptor(fd: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
 pub(crate) fn reclaim_orphan(file_name: &str) -> Result<bool, Error> {
     let fd = match posix::open_existing(file_name, false) {
         Ok(fd) => fd,
-        Err(Errno(libc::ENOENT)) => return Ok(true),
-        Err(Errno(libc::EACCES)) => {
+        Err(Errno::ENOENT) => return Ok(true),
+        Err(Errno::EACCES) => {
             // Another user's segment. Qt's create() fails replacing that user's semaphore; we
             // give Qt's text for the same situation.
             return Err(Error::from_init_key(
@@ -1221,7 +1228,12 @@ pub(crate) fn reclaim_orphan(file_name: &str) -> Result<bool, Error> {
                 ),
             ));
         }
-        Err(e) => return Err(Error::from_errno("QSharedMemory::attach (shm_open)", e.0)),
+        Err(e) => {
+            return Err(Error::from_errno(
+                "QSharedMemory::attach (shm_open)",
+                e.raw(),
+            ))
+        }
     };
     if !posix::try_lock_exclusive(fd.as_fd()).unwrap_or(false) {
         return Ok(false);
@@ -1243,23 +1255,23 @@ pub(crate) fn reclaim_orphan(file_name: &str) -> Result<bool, Error> {
 fn open_posix(file_name: &str, mode: AccessMode) -> Result<(OwnedFd, posix::FileStat), Error> {
     for _ in 0..16 {
         let fd = posix::open_existing(file_name, mode.is_writable()).map_err(|e| {
-            if e.0 == libc::EACCES {
+            if e.raw() == libc::EACCES {
                 // Qt reports another user's segment from its lock semaphore, which it opens
                 // first; we give the same text for the same situation.
                 Error::from_init_key(&crate::error::SemaphoreError::from_errno(
                     "QSystemSemaphore::handle",
-                    e.0,
+                    e.raw(),
                 ))
             } else {
-                Error::from_errno("QSharedMemory::attach (shm_open)", e.0)
+                Error::from_errno("QSharedMemory::attach (shm_open)", e.raw())
             }
         })?;
         testpoint::step("attach:opened");
         posix::lock_shared(fd.as_fd())
-            .map_err(|e| Error::from_errno("QSharedMemory::attach (flock)", e.0))?;
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (flock)", e.raw()))?;
         testpoint::step("attach:counted");
         let st = posix::fstat(fd.as_fd())
-            .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.raw()))?;
         if st.nlink > 0 {
             return Ok((fd, st));
         }
@@ -1309,7 +1321,7 @@ pub(crate) fn attach_posix(
     if st.size == 0 {
         settle();
         st = posix::fstat(fd.as_fd())
-            .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.0))?;
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (fstat)", e.raw()))?;
     }
     let len = usize::try_from(st.size)
         .map_err(|_| Error::from_errno("QSharedMemory::attach (mmap)", libc::ENOMEM))?;
@@ -1318,7 +1330,7 @@ pub(crate) fn attach_posix(
     // `refcount_descriptor`).
     let data = open_again(file_name, fd.as_fd(), &st, writable)
         .and_then(|map_fd| Mapping::map_file(map_fd.as_fd(), 0, len, writable))
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.0))?;
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (mmap)", e.raw()))?;
     testpoint::step("attach:mapped");
     match classified {
         Classified::Ours { logical_size } => {
@@ -1450,7 +1462,7 @@ pub(crate) fn remove_posix_name(
             if let Some(control) = &control {
                 control.release_removal_claim();
             }
-            Err(removal_error("QSharedMemory::remove (shm_unlink)", e.0))
+            Err(removal_error("QSharedMemory::remove (shm_unlink)", e.raw()))
         }
     }
 }
@@ -1460,7 +1472,8 @@ pub(crate) fn remove_posix_name(
 
 /// Qt's `QSharedMemoryPrivate::handle()` (System V): the IPC key of an existing key file.
 fn sysv_key(key_file: &CString, project_id: u8) -> Result<sysv::IpcKey, Error> {
-    sysv::ftok(key_file, project_id).map_err(|e| Error::from_errno("QSharedMemory::handle", e.0))
+    sysv::ftok(key_file, project_id)
+        .map_err(|e| Error::from_errno("QSharedMemory::handle", e.raw()))
 }
 
 /// Creates a System V segment the way Qt does, reclaiming an orphan (a segment nobody is
@@ -1500,7 +1513,7 @@ pub(crate) fn create_sysv(
     };
     let flags = 0o600 | libc::IPC_CREAT | libc::IPC_EXCL;
     let mut attempt = sysv::shm_get(key, size, flags);
-    if attempt == Err(Errno(libc::EEXIST)) {
+    if attempt == Err(Errno::EEXIST) {
         // An orphan: every process that used it is gone (nattch 0) and we hold the lock, so no
         // Qt or qsharedmem process is between creating and attaching it.
         if let Ok(old) = sysv::shm_get(key, 0, 0) {
@@ -1515,7 +1528,7 @@ pub(crate) fn create_sysv(
             testpoint::step("create:segment");
             id
         }
-        Err(Errno(libc::EINVAL)) => {
+        Err(Errno::EINVAL) => {
             forget_file(created_file);
             return Err(Error::with_errno(
                 ErrorKind::InvalidSize,
@@ -1524,10 +1537,10 @@ pub(crate) fn create_sysv(
             ));
         }
         Err(e) => {
-            if e.0 != libc::EEXIST {
+            if e.raw() != libc::EEXIST {
                 forget_file(created_file);
             }
-            return Err(Error::from_errno("QSharedMemory::create", e.0));
+            return Err(Error::from_errno("QSharedMemory::create", e.raw()));
         }
     };
     match attach_sysv_id(id, key_file.clone(), project_id, mode, lock) {
@@ -1564,7 +1577,7 @@ pub(crate) fn attach_sysv(
     loop {
         let key = sysv_key(&key_file, project_id)?;
         let id = sysv::shm_get(key, 0, perms)
-            .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.0))?;
+            .map_err(|e| Error::from_errno("QSharedMemory::attach (shmget)", e.raw()))?;
         match attach_sysv_id(id, key_file.clone(), project_id, mode, lock) {
             // Removed between shmget and shmat (by a process that locked a lock set that
             // replaced ours while the key file was being re-created): look the key up again.
@@ -1583,10 +1596,10 @@ fn attach_sysv_id(
     mode: AccessMode,
     lock: &Arc<SysVSemaphore>,
 ) -> Result<Attachment, Error> {
-    let st =
-        sysv::shm_stat(id).map_err(|e| Error::from_errno("QSharedMemory::attach (shmctl)", e.0))?;
+    let st = sysv::shm_stat(id)
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (shmctl)", e.raw()))?;
     let mapping = Mapping::attach_sysv(id, st.size, mode.is_writable())
-        .map_err(|e| Error::from_errno("QSharedMemory::attach (shmat)", e.0))?;
+        .map_err(|e| Error::from_errno("QSharedMemory::attach (shmat)", e.raw()))?;
     Ok(Attachment {
         size: st.size,
         writable: mode.is_writable(),

@@ -54,7 +54,7 @@ pub(crate) struct SysVSemaphore {
 }
 
 fn sem_err(function: &str, errno: Errno) -> SemaphoreError {
-    SemaphoreError::from_errno(function, errno.0)
+    SemaphoreError::from_errno(function, errno.raw())
 }
 
 impl SysVSemaphore {
@@ -134,16 +134,16 @@ impl SysVSemaphore {
             self.created_file.store(created_file, Ordering::Relaxed);
             let key = match sysv::ftok(&self.key_file, self.project_id) {
                 Ok(key) => key,
-                Err(Errno(libc::ENOENT)) => continue,
+                Err(Errno::ENOENT) => continue,
                 Err(_) => return Err(ftok_failed()),
             };
             testpoint::step("lock-set:keyed");
             let flags = 0o600 | libc::IPC_CREAT | libc::IPC_EXCL;
             let (id, created) = match sysv::sem_get(key, self.create_size, flags) {
                 Ok(id) => (id, true),
-                Err(Errno(libc::EEXIST)) => match sysv::sem_get(key, 0, 0o600) {
+                Err(Errno::EEXIST) => match sysv::sem_get(key, 0, 0o600) {
                     Ok(id) => (id, false),
-                    Err(Errno(libc::ENOENT)) => continue,
+                    Err(Errno::ENOENT) => continue,
                     Err(e) => return Err(self.fail_handle(e)),
                 },
                 Err(e) => return Err(self.fail_handle(e)),
@@ -240,7 +240,7 @@ impl SysVSemaphore {
     /// uninitialised by a creator that died between `semget` and its `SETVAL`; once that is
     /// more than a second ago, the creator is not merely slow, and the lock is initialised here.
     fn initialise(&self, id: i32, size: i32, created: bool) -> Result<(), Errno> {
-        let value = i16::try_from(self.initial_value.max(0)).map_err(|_| Errno(libc::ERANGE))?;
+        let value = i16::try_from(self.initial_value.max(0)).map_err(|_| Errno::ERANGE)?;
         let give = |num: u16, delta: i16| SemOp {
             num,
             delta,
@@ -274,7 +274,7 @@ impl SysVSemaphore {
         }
         match sysv::sem_op(id, &ops, None) {
             // Someone else initialised it first.
-            Ok(()) | Err(Errno(libc::EAGAIN)) => Ok(()),
+            Ok(()) | Err(Errno::EAGAIN) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -350,7 +350,7 @@ impl SysVSemaphore {
     ) -> Result<(), Errno> {
         let id = self.semid.load(Ordering::Acquire);
         if id < 0 {
-            return Err(Errno(libc::EIDRM));
+            return Err(Errno::EIDRM);
         }
         sysv::sem_op(id, ops, timeout)
     }
@@ -359,7 +359,7 @@ impl SysVSemaphore {
     /// is opened (and if need be re-created) again and the operation retried.
     pub(crate) fn operate(&self, ops: &[SemOp], timeout: Option<Duration>) -> Result<(), Errno> {
         self.modify(ops, timeout)
-            .map_err(|e| Errno(e.errno().unwrap_or(libc::EINVAL)))?
+            .map_err(|e| Errno::from_raw(e.errno().unwrap_or(Errno::EINVAL.raw())))?
     }
 
     /// Qt's `modifySemaphore`: opens the set first (re-creating it with the initial value if
@@ -378,7 +378,7 @@ impl SysVSemaphore {
             // An "extra" semaphore number on a set Qt created (size 1) would be EFBIG; callers
             // check `has_consistency_token` first, but a set can be replaced between calls.
             match sysv::sem_op(id, ops, timeout) {
-                Err(Errno(libc::EINVAL | libc::EIDRM)) if attempts < 8 => {
+                Err(Errno::EINVAL | Errno::EIDRM) if attempts < 8 => {
                     attempts += 1;
                     self.forget_removed(id);
                 }
@@ -411,7 +411,7 @@ impl SysVSemaphore {
     /// `sem_op` field unchecked, so there a larger `n` wraps around and may even wait.)
     pub(crate) fn release(&self, n: u32) -> Result<Result<(), Errno>, SemaphoreError> {
         let Ok(delta) = i16::try_from(n) else {
-            return Ok(Err(Errno(libc::ERANGE)));
+            return Ok(Err(Errno::ERANGE));
         };
         let give = SemOp {
             num: 0,
@@ -421,7 +421,7 @@ impl SysVSemaphore {
         };
         loop {
             match self.modify(&[give], None)? {
-                Err(Errno(libc::EINTR)) => {}
+                Err(Errno::EINTR) => {}
                 other => return Ok(other),
             }
         }
@@ -442,7 +442,7 @@ impl SysVSemaphore {
         };
         Ok(match self.modify(&[take], wait)? {
             Ok(()) => Ok(true),
-            Err(Errno(libc::EAGAIN | libc::EINTR)) => Ok(false),
+            Err(Errno::EAGAIN | Errno::EINTR) => Ok(false),
             Err(e) => Err(e),
         })
     }
@@ -452,7 +452,7 @@ impl SysVSemaphore {
     pub(crate) fn value(&self) -> Result<i32, Errno> {
         let id = self
             .id()
-            .map_err(|e| Errno(e.errno().unwrap_or(libc::EINVAL)))?;
+            .map_err(|e| Errno::from_raw(e.errno().unwrap_or(Errno::EINVAL.raw())))?;
         sysv::sem_value(id, 0)
     }
 
@@ -606,7 +606,7 @@ impl PosixSemaphore {
         }
         let max_tries = if mode == SemMode::Create { 3 } else { 2 };
         let mut exclusive = true;
-        let mut last = Errno(libc::EEXIST);
+        let mut last = Errno::EEXIST;
         for _ in 0..max_tries {
             let how = if exclusive {
                 OpenMode::CreateNew {
@@ -624,22 +624,22 @@ impl PosixSemaphore {
                         created: AtomicBool::new(exclusive),
                     });
                 }
-                Err(Errno(libc::EEXIST)) if mode == SemMode::Create => {
+                Err(Errno::EEXIST) if mode == SemMode::Create => {
                     if let Err(e) = namedsem::unlink(name) {
-                        if e.0 != libc::ENOENT {
+                        if e.raw() != libc::ENOENT {
                             return Err(sem_err("QSystemSemaphore::handle (sem_unlink)", e));
                         }
                     }
-                    last = Errno(libc::EEXIST);
+                    last = Errno::EEXIST;
                 }
-                Err(Errno(libc::EEXIST)) => {
+                Err(Errno::EEXIST) => {
                     exclusive = false;
-                    last = Errno(libc::EEXIST);
+                    last = Errno::EEXIST;
                 }
-                Err(Errno(libc::ENOENT)) if !exclusive => {
+                Err(Errno::ENOENT) if !exclusive => {
                     // Unlinked between our two attempts: create it after all.
                     exclusive = true;
-                    last = Errno(libc::ENOENT);
+                    last = Errno::ENOENT;
                 }
                 Err(e) => return Err(sem_err("QSystemSemaphore::handle", e)),
             }
@@ -672,7 +672,7 @@ impl PosixSemaphore {
     pub(crate) fn release(&self, n: u32) -> Result<(), Errno> {
         let current = u32::try_from(self.sem.value()?).unwrap_or(0);
         if u64::from(current) + u64::from(n) > u64::from(SEM_VALUE_MAX) {
-            return Err(Errno(libc::EOVERFLOW));
+            return Err(Errno::EOVERFLOW);
         }
         for done in 0..n {
             if let Err(e) = self.sem.post() {
@@ -767,7 +767,7 @@ mod tests {
         assert_eq!(second.semaphore().value().unwrap(), 0);
         first.clean_handle();
         drop(second);
-        assert_eq!(namedsem::unlink(&name), Err(Errno(libc::ENOENT)));
+        assert_eq!(namedsem::unlink(&name), Err(Errno::ENOENT));
         let e = PosixSemaphore::open("/a/b", 1, SemMode::Open).unwrap_err();
         assert_eq!(
             e.message(),

@@ -617,7 +617,7 @@ impl SharedMemory {
                 "QSharedMemory::lock: unable to lock (this thread already holds the lock through another handle)",
                 libc::EDEADLK,
             ),
-            LockFailure::Os(e) => Error::with_errno(ErrorKind::LockError, "QSharedMemory::lock: unable to lock", e.0),
+            LockFailure::Os(e) => Error::with_errno(ErrorKind::LockError, "QSharedMemory::lock: unable to lock", e.raw()),
         };
         self.record(error)
     }
@@ -691,7 +691,7 @@ impl SharedMemory {
                         self.record(Error::with_errno(
                             ErrorKind::LockError,
                             "QSharedMemory::unlock: unable to unlock",
-                            e.0,
+                            e.raw(),
                         ))
                     })
             }

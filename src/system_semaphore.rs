@@ -147,9 +147,9 @@ impl Handle {
     /// One attempt to take a token, waiting at most `wait` (`None`: not at all).
     fn acquire_for(&self, wait: Option<Duration>) -> Result<bool, SemaphoreError> {
         match &self.os {
-            OsSemaphore::SysV(sem) => sem
-                .acquire_for(wait)?
-                .map_err(|e| SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore", e.0)),
+            OsSemaphore::SysV(sem) => sem.acquire_for(wait)?.map_err(|e| {
+                SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore", e.raw())
+            }),
             OsSemaphore::Posix(sem) => {
                 let result = match wait {
                     None => sem.semaphore().try_wait(),
@@ -157,10 +157,10 @@ impl Handle {
                 };
                 match result {
                     Ok(()) => Ok(true),
-                    Err(Errno(libc::EAGAIN | libc::ETIMEDOUT | libc::EINTR)) => Ok(false),
+                    Err(Errno::EAGAIN | Errno::ETIMEDOUT | Errno::EINTR) => Ok(false),
                     Err(e) => Err(SemaphoreError::from_errno(
                         "QSystemSemaphore::modifySemaphore (sem_wait)",
-                        e.0,
+                        e.raw(),
                     )),
                 }
             }
@@ -170,11 +170,11 @@ impl Handle {
     /// Gives `n` (> 0) tokens back.
     fn release(&self, n: u32) -> Result<(), SemaphoreError> {
         match &self.os {
-            OsSemaphore::SysV(sem) => sem
-                .release(n)?
-                .map_err(|e| SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore", e.0)),
+            OsSemaphore::SysV(sem) => sem.release(n)?.map_err(|e| {
+                SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore", e.raw())
+            }),
             OsSemaphore::Posix(sem) => sem.release(n).map_err(|e| {
-                SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore (sem_post)", e.0)
+                SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore (sem_post)", e.raw())
             }),
         }
     }
@@ -621,7 +621,7 @@ mod tests {
             if key_type.is_posix() {
                 assert_eq!(
                     crate::sys::namedsem::unlink(key.native_key()),
-                    Err(Errno(libc::ENOENT))
+                    Err(Errno::ENOENT)
                 );
             } else {
                 assert!(!std::path::Path::new(key.native_key()).exists());

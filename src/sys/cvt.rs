@@ -6,17 +6,100 @@ use std::io;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// An OS error number (`errno`).
+///
+/// The number itself stays inside `sys`: the rest of the crate names errors by the constants
+/// below (`Errno::EEXIST`), matches on them, and hands them back for Qt's texts.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Errno(pub i32);
+pub struct Errno(i32);
+
+#[allow(missing_docs, dead_code)] // the full set the crate names; not every one is used
+impl Errno {
+    /// `EPERM`.
+    pub const EPERM: Self = Self(libc::EPERM);
+    /// `ENOENT`.
+    pub const ENOENT: Self = Self(libc::ENOENT);
+    /// `ESRCH`.
+    pub const ESRCH: Self = Self(libc::ESRCH);
+    /// `EINTR`.
+    pub const EINTR: Self = Self(libc::EINTR);
+    /// `EIO`.
+    pub const EIO: Self = Self(libc::EIO);
+    /// `EBADF`.
+    pub const EBADF: Self = Self(libc::EBADF);
+    /// `EAGAIN`.
+    pub const EAGAIN: Self = Self(libc::EAGAIN);
+    /// `ENOMEM`.
+    pub const ENOMEM: Self = Self(libc::ENOMEM);
+    /// `EACCES`.
+    pub const EACCES: Self = Self(libc::EACCES);
+    /// `EBUSY`.
+    pub const EBUSY: Self = Self(libc::EBUSY);
+    /// `EEXIST`.
+    pub const EEXIST: Self = Self(libc::EEXIST);
+    /// `EXDEV`.
+    pub const EXDEV: Self = Self(libc::EXDEV);
+    /// `EINVAL`.
+    pub const EINVAL: Self = Self(libc::EINVAL);
+    /// `EMFILE`.
+    pub const EMFILE: Self = Self(libc::EMFILE);
+    /// `ENOSPC`.
+    pub const ENOSPC: Self = Self(libc::ENOSPC);
+    /// `EFBIG`.
+    pub const EFBIG: Self = Self(libc::EFBIG);
+    /// `ERANGE`.
+    pub const ERANGE: Self = Self(libc::ERANGE);
+    /// `EDEADLK`.
+    pub const EDEADLK: Self = Self(libc::EDEADLK);
+    /// `ENAMETOOLONG`.
+    pub const ENAMETOOLONG: Self = Self(libc::ENAMETOOLONG);
+    /// `ENOSYS`.
+    pub const ENOSYS: Self = Self(libc::ENOSYS);
+    /// `ELOOP`.
+    pub const ELOOP: Self = Self(libc::ELOOP);
+    /// `EIDRM`.
+    pub const EIDRM: Self = Self(libc::EIDRM);
+    /// `EOVERFLOW`.
+    pub const EOVERFLOW: Self = Self(libc::EOVERFLOW);
+    /// `ETIMEDOUT`.
+    pub const ETIMEDOUT: Self = Self(libc::ETIMEDOUT);
+    /// `EOWNERDEAD`.
+    pub const EOWNERDEAD: Self = Self(libc::EOWNERDEAD);
+    /// `ENOTRECOVERABLE`.
+    pub const ENOTRECOVERABLE: Self = Self(libc::ENOTRECOVERABLE);
+    /// `EWOULDBLOCK`.
+    pub const EWOULDBLOCK: Self = Self(libc::EWOULDBLOCK);
+}
 
 impl Errno {
     /// The calling thread's current `errno`.
-    pub fn last() -> Self {
+    pub(crate) fn last() -> Self {
         Self(
             io::Error::last_os_error()
                 .raw_os_error()
                 .unwrap_or(libc::EIO),
         )
+    }
+
+    /// An error number as the C library returns it (`pthread_*`, `posix_fallocate`).
+    pub(crate) const fn from_raw(errno: i32) -> Self {
+        Self(errno)
+    }
+
+    /// The error of an `std::io` operation (`EIO` if it has no OS error number).
+    pub(crate) fn from_io(error: &io::Error) -> Self {
+        Self(error.raw_os_error().unwrap_or(libc::EIO))
+    }
+
+    /// The number, for Python's `OSError.errno` and for messages.
+    #[must_use]
+    pub const fn raw(self) -> i32 {
+        self.0
+    }
+
+    /// What `strerror` says about it (what Qt's `qt_error_string` prints).
+    #[must_use]
+    pub fn text(self) -> String {
+        strerror(self.0)
     }
 }
 
@@ -42,7 +125,7 @@ pub(crate) fn cvt(ret: c_int) -> SysResult<c_int> {
 pub(crate) fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
     loop {
         match f() {
-            Err(Errno(libc::EINTR)) => continue,
+            Err(Errno::EINTR) => continue,
             other => return other,
         }
     }
@@ -65,7 +148,7 @@ pub(crate) fn realtime_deadline(wait: Duration) -> libc::timespec {
 /// A C string for a path or name; an interior NUL byte is `EINVAL`, as the kernel would say for
 /// a name it cannot represent.
 pub(crate) fn c_string(bytes: impl Into<Vec<u8>>) -> SysResult<CString> {
-    CString::new(bytes).map_err(|_| Errno(libc::EINVAL))
+    CString::new(bytes).map_err(|_| Errno::EINVAL)
 }
 
 /// The text `strerror(errno)` gives (what Qt's `qt_error_string` prints).
@@ -91,6 +174,6 @@ mod tests {
 
     #[test]
     fn interior_nul_is_einval() {
-        assert_eq!(c_string("a\0b").unwrap_err(), Errno(libc::EINVAL));
+        assert_eq!(c_string("a\0b").unwrap_err(), Errno::EINVAL);
     }
 }

@@ -45,14 +45,14 @@ impl Mapping {
         writable: bool,
     ) -> SysResult<Self> {
         if len == 0 {
-            return Err(Errno(libc::EINVAL));
+            return Err(Errno::EINVAL);
         }
         let prot = if writable {
             libc::PROT_READ | libc::PROT_WRITE
         } else {
             libc::PROT_READ
         };
-        let offset = libc::off_t::try_from(offset).map_err(|_| Errno(libc::EOVERFLOW))?;
+        let offset = libc::off_t::try_from(offset).map_err(|_| Errno::EOVERFLOW)?;
         // SAFETY: a fresh mapping chosen by the kernel (addr NULL, no MAP_FIXED) cannot alias
         // any Rust object; `fd` is a valid open descriptor for the duration of the call.
         let ptr = unsafe {
@@ -68,7 +68,7 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(Errno::last());
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno(libc::ENOMEM))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::ENOMEM)?;
         // A file can shrink under a mapping; a watched mapping survives the access past its end.
         let watch = super::sigbus::register(ptr.as_ptr(), len, prot);
         Ok(Self {
@@ -85,7 +85,7 @@ impl Mapping {
     /// with the same accessors as a shared mapping, for copies of shared data.
     pub fn anonymous(len: usize) -> SysResult<Self> {
         if len == 0 {
-            return Err(Errno(libc::EINVAL));
+            return Err(Errno::EINVAL);
         }
         // SAFETY: a fresh anonymous mapping chosen by the kernel (addr NULL, no MAP_FIXED)
         // cannot alias any Rust object.
@@ -102,7 +102,7 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(Errno::last());
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno(libc::ENOMEM))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::ENOMEM)?;
         // Anonymous memory cannot shrink: no need to watch it.
         Ok(Self {
             ptr,
@@ -123,7 +123,7 @@ impl Mapping {
         if ptr as isize == -1 {
             return Err(Errno::last());
         }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno(libc::ENOMEM))?;
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::ENOMEM)?;
         // A System V segment cannot shrink: no need to watch it.
         Ok(Self {
             ptr,

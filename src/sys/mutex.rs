@@ -35,7 +35,7 @@ fn mutex_ptr(map: &Mapping, offset: usize) -> SysResult<*mut libc::pthread_mutex
         .checked_add(size_of::<libc::pthread_mutex_t>())
         .is_some_and(|end| end <= map.len());
     if !in_range || offset % align_of::<libc::pthread_mutex_t>() != 0 || !map.is_writable() {
-        return Err(Errno(libc::EINVAL));
+        return Err(Errno::EINVAL);
     }
     // SAFETY: `offset` plus the mutex size lies inside the mapping (checked above), so the
     // resulting pointer stays within the same allocation.
@@ -46,7 +46,7 @@ fn check(ret: libc::c_int) -> SysResult<()> {
     if ret == 0 {
         Ok(())
     } else {
-        Err(Errno(ret))
+        Err(Errno::from_raw(ret))
     }
 }
 
@@ -86,7 +86,7 @@ fn outcome(ret: libc::c_int) -> SysResult<Acquired> {
     match ret {
         0 => Ok(Acquired::Locked),
         libc::EOWNERDEAD => Ok(Acquired::OwnerDied),
-        err => Err(Errno(err)),
+        err => Err(Errno::from_raw(err)),
     }
 }
 
@@ -168,10 +168,10 @@ mod tests {
         assert_eq!(try_lock(&page, 64), Ok(Acquired::Locked));
         assert_eq!(
             lock_for(&page, 64, Duration::from_millis(10)),
-            Err(Errno(libc::EDEADLK))
+            Err(Errno::EDEADLK)
         );
         unlock(&page, 64).unwrap();
-        assert_eq!(unlock(&page, 64), Err(Errno(libc::EPERM)));
+        assert_eq!(unlock(&page, 64), Err(Errno::EPERM));
     }
 
     #[test]
@@ -220,7 +220,7 @@ mod tests {
     #[test]
     fn misaligned_or_out_of_range_offsets_are_refused() {
         let page = shared_page();
-        assert_eq!(init(&page, 3), Err(Errno(libc::EINVAL)));
-        assert_eq!(init(&page, 4090), Err(Errno(libc::EINVAL)));
+        assert_eq!(init(&page, 3), Err(Errno::EINVAL));
+        assert_eq!(init(&page, 4090), Err(Errno::EINVAL));
     }
 }

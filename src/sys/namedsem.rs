@@ -60,7 +60,7 @@ impl NamedSemaphore {
             if sem == libc::SEM_FAILED {
                 Err(Errno::last())
             } else {
-                NonNull::new(sem).ok_or(Errno(libc::EINVAL))
+                NonNull::new(sem).ok_or(Errno::EINVAL)
             }
         })?;
         Ok(Self { sem })
@@ -135,22 +135,22 @@ mod tests {
                 }
             )
             .unwrap_err(),
-            Errno(libc::EEXIST)
+            Errno::EEXIST
         );
         let again = NamedSemaphore::open(&name, OpenMode::Existing).unwrap();
         sem.try_wait().unwrap();
-        assert_eq!(again.try_wait(), Err(Errno(libc::EAGAIN)));
+        assert_eq!(again.try_wait(), Err(Errno::EAGAIN));
         assert_eq!(
             again.wait_for(Duration::from_millis(5)),
-            Err(Errno(libc::ETIMEDOUT))
+            Err(Errno::ETIMEDOUT)
         );
         again.post().unwrap();
         assert_eq!(sem.value().unwrap(), 1);
         unlink(&name).unwrap();
-        assert_eq!(unlink(&name), Err(Errno(libc::ENOENT)));
+        assert_eq!(unlink(&name), Err(Errno::ENOENT));
         assert_eq!(
             NamedSemaphore::open("/a/b", OpenMode::Existing).unwrap_err(),
-            Errno(libc::EINVAL)
+            Errno::EINVAL
         );
     }
 }

@@ -22,10 +22,10 @@ const NAME_MAX: usize = 255;
 pub fn shm_file_name(name: &str, sem_prefix: bool) -> SysResult<String> {
     let bare = name.trim_start_matches('/');
     if bare.is_empty() || bare.len() + 1 >= NAME_MAX || bare.contains('/') || bare.contains('\0') {
-        return Err(Errno(libc::EINVAL));
+        return Err(Errno::EINVAL);
     }
     if !sem_prefix && (bare == "." || bare == "..") {
-        return Err(Errno(libc::EINVAL));
+        return Err(Errno::EINVAL);
     }
     Ok(if sem_prefix {
         format!("sem.{bare}")
@@ -132,13 +132,13 @@ pub fn reopen(fd: BorrowedFd<'_>, writable: bool) -> SysResult<OwnedFd> {
 /// `ENOSPC` instead of killing the process with `SIGBUS` later. [`publish`] names it.
 pub fn create_unnamed(len: u64, mode: libc::mode_t) -> SysResult<OwnedFd> {
     let file = open_path(&c_string(SHM_DIR)?, libc::O_TMPFILE | libc::O_RDWR, mode)?;
-    let len = libc::off_t::try_from(len).map_err(|_| Errno(libc::EFBIG))?;
+    let len = libc::off_t::try_from(len).map_err(|_| Errno::EFBIG)?;
     retry(|| {
         // SAFETY: valid descriptor, plain integer arguments; posix_fallocate returns the error
         // number instead of setting errno.
         match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
             0 => Ok(()),
-            err => Err(Errno(err)),
+            err => Err(Errno::from_raw(err)),
         }
     })?;
     Ok(file)
@@ -157,7 +157,7 @@ pub fn publish(file: BorrowedFd<'_>, file_name: &str) -> SysResult<()> {
     let target = shm_path(file_name)?;
     if !BY_DESCRIPTOR_REFUSED.load(Ordering::Relaxed) {
         match link_by_descriptor(file, &target) {
-            Err(Errno(libc::ENOENT | libc::EPERM | libc::EINVAL)) => {
+            Err(Errno::ENOENT | Errno::EPERM | Errno::EINVAL) => {
                 BY_DESCRIPTOR_REFUSED.store(true, Ordering::Relaxed);
             }
             other => return other,
@@ -216,7 +216,7 @@ pub fn read_at(fd: BorrowedFd<'_>, offset: u64, buf: &mut [u8]) -> SysResult<usi
         let at = offset
             .checked_add(done as u64)
             .and_then(|at| libc::off_t::try_from(at).ok())
-            .ok_or(Errno(libc::EOVERFLOW))?;
+            .ok_or(Errno::EOVERFLOW)?;
         let rest = &mut buf[done..];
         let n = retry(|| {
             // SAFETY: `rest` is valid for writes of `rest.len()` bytes; `fd` is open.
@@ -255,12 +255,12 @@ pub fn unlink_if_same(file_name: &str, fd: BorrowedFd<'_>) -> SysResult<bool> {
     let ours = fstat(fd)?;
     match stat_name(file_name) {
         Ok(named) if named.same_file(&ours) => {}
-        Ok(_) | Err(Errno(libc::ENOENT)) => return Ok(false),
+        Ok(_) | Err(Errno::ENOENT) => return Ok(false),
         Err(e) => return Err(e),
     }
     match unlink_name(file_name) {
         Ok(()) => Ok(true),
-        Err(Errno(libc::ENOENT)) => Ok(false),
+        Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -290,7 +290,7 @@ pub fn try_lock_shared(fd: BorrowedFd<'_>) -> SysResult<bool> {
     });
     match result {
         Ok(_) => Ok(true),
-        Err(Errno(libc::EWOULDBLOCK)) => Ok(false),
+        Err(Errno::EWOULDBLOCK) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -304,7 +304,7 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<bool> {
     });
     match result {
         Ok(_) => Ok(true),
-        Err(Errno(libc::EWOULDBLOCK)) => Ok(false),
+        Err(Errno::EWOULDBLOCK) => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -349,17 +349,10 @@ mod tests {
             "..",
             "/../etc/passwd",
         ] {
-            assert_eq!(
-                shm_file_name(bad, false),
-                Err(Errno(libc::EINVAL)),
-                "{bad:?}"
-            );
+            assert_eq!(shm_file_name(bad, false), Err(Errno::EINVAL), "{bad:?}");
         }
         assert!(shm_file_name(&"x".repeat(253), false).is_ok());
-        assert_eq!(
-            shm_file_name(&"x".repeat(254), false),
-            Err(Errno(libc::EINVAL))
-        );
+        assert_eq!(shm_file_name(&"x".repeat(254), false), Err(Errno::EINVAL));
     }
 
     #[test]
@@ -367,10 +360,10 @@ mod tests {
         let name = unique("publish");
         let file = create_unnamed(8192, 0o600).unwrap();
         assert_eq!(fstat(file.as_fd()).unwrap().size, 8192);
-        assert_eq!(stat_name(&name), Err(Errno(libc::ENOENT)));
+        assert_eq!(stat_name(&name), Err(Errno::ENOENT));
         lock_shared(file.as_fd()).unwrap();
         publish(file.as_fd(), &name).unwrap();
-        assert_eq!(publish(file.as_fd(), &name), Err(Errno(libc::EEXIST)));
+        assert_eq!(publish(file.as_fd(), &name), Err(Errno::EEXIST));
 
         let other = open_existing(&name, true).unwrap();
         lock_shared(other.as_fd()).unwrap();
@@ -402,13 +395,13 @@ mod tests {
             let target = shm_path(&name).unwrap();
             match link(file.as_fd(), &target) {
                 // A kernel older than 6.10 (without CAP_DAC_READ_SEARCH): publish() falls back.
-                Err(Errno(libc::ENOENT)) if tag == "by-fd" => continue,
+                Err(Errno::ENOENT) if tag == "by-fd" => continue,
                 other => other.unwrap(),
             }
             assert!(stat_name(&name)
                 .unwrap()
                 .same_file(&fstat(file.as_fd()).unwrap()));
-            assert_eq!(link(file.as_fd(), &target), Err(Errno(libc::EEXIST)));
+            assert_eq!(link(file.as_fd(), &target), Err(Errno::EEXIST));
             unlink_name(&name).unwrap();
         }
     }

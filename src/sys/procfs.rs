@@ -209,7 +209,7 @@ fn read_proc(path: &str) -> SysResult<String> {
 }
 
 fn io_errno(e: std::io::Error) -> Errno {
-    Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    Errno::from_io(&e)
 }
 
 #[cfg(test)]

@@ -44,20 +44,20 @@ pub fn create_key_file(path: &CString) -> SysResult<bool> {
                 drop(unsafe { OwnedFd::from_raw_fd(fd) });
                 Ok(true)
             }
-            Err(Errno(libc::EEXIST)) => {
+            Err(Errno::EEXIST) => {
                 // Refuse a symbolic link where the key file should be.
                 let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
                 // SAFETY: valid C string; `st` is valid for writes of a `struct stat`.
                 match cvt(unsafe { libc::lstat(path.as_ptr(), st.as_mut_ptr()) }) {
                     // Removed between the two calls (by the last user of its segment): again.
-                    Err(Errno(libc::ENOENT)) => continue,
+                    Err(Errno::ENOENT) => continue,
                     Err(e) => return Err(e),
                     Ok(_) => {}
                 }
                 // SAFETY: lstat succeeded and initialised the struct.
                 let st = unsafe { st.assume_init() };
                 if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                    return Err(Errno(libc::ELOOP));
+                    return Err(Errno::ELOOP);
                 }
                 Ok(false)
             }
@@ -161,8 +161,7 @@ pub fn shm_remove(id: i32) -> SysResult<()> {
 /// Every System V segment on the machine that the caller may see: `(id, stat)` pairs, read
 /// from `/proc/sysvipc/shm` (the kernel's own listing, as `ipcs` uses).
 pub fn list_segments() -> SysResult<Vec<(i32, ShmStat)>> {
-    let text = std::fs::read_to_string("/proc/sysvipc/shm")
-        .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let text = std::fs::read_to_string("/proc/sysvipc/shm").map_err(|e| Errno::from_io(&e))?;
     let mut out = Vec::new();
     for line in text.lines().skip(1) {
         let Some(id) = line
@@ -194,8 +193,7 @@ pub struct SemSetEntry {
 
 /// Every System V semaphore set on the machine (that this process may see).
 pub fn list_semaphore_sets() -> SysResult<Vec<SemSetEntry>> {
-    let text = std::fs::read_to_string("/proc/sysvipc/sem")
-        .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let text = std::fs::read_to_string("/proc/sysvipc/sem").map_err(|e| Errno::from_io(&e))?;
     // key semid perms nsems uid gid cuid cgid otime ctime
     Ok(text
         .lines()
@@ -345,7 +343,7 @@ mod tests {
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&file, &link).unwrap();
         let link_path = key_path(link.to_str().unwrap()).unwrap();
-        assert_eq!(create_key_file(&link_path), Err(Errno(libc::ELOOP)));
+        assert_eq!(create_key_file(&link_path), Err(Errno::ELOOP));
         std::fs::remove_file(&link).unwrap();
         remove_key_file(&path).unwrap();
         assert!(!key_file_exists(&path));
@@ -366,7 +364,7 @@ mod tests {
         assert_eq!(sem_value(id, 0).unwrap(), 0);
         assert_eq!(
             sem_op(id, &[take], Some(Duration::from_millis(10))),
-            Err(Errno(libc::EAGAIN))
+            Err(Errno::EAGAIN)
         );
         sem_op(id, &[SemOp { delta: 1, ..take }], None).unwrap();
         assert_eq!(sem_last_pid(id, 0).unwrap(), std::process::id() as i32);
