@@ -1,16 +1,29 @@
 //! Errors with Qt's error codes and Qt's `errorString()` texts.
 //!
-//! [`Error`] is what every fallible operation of [`SharedMemory`](crate::SharedMemory) returns.
-//! Its [`kind`](Error::kind) is `QSharedMemory::SharedMemoryError` (same names, same numbers),
-//! its [`Display`](std::fmt::Display) text is exactly the `errorString()` Qt 6.12 produces for the
-//! same failure, and the OS error number is kept when there is one.
+//! One shape for both classes: [`QtError<K>`] is a Qt error code `K`, Qt's exact text and the OS
+//! error behind it, if any. [`Error`] (`QtError<ErrorKind>`) is what every fallible operation of
+//! [`SharedMemory`](crate::SharedMemory) returns; [`SemaphoreError`]
+//! (`QtError<SemaphoreErrorKind>`) is `QSystemSemaphore`'s, whose codes and texts differ
+//! slightly (`ENOENT` reads "does not exist" there, "doesn't exist" here).
 //!
-//! [`SemaphoreError`] is the same for `QSystemSemaphore`, whose codes and texts differ slightly
-//! from QSharedMemory's (for example `ENOENT` reads "does not exist" there, "doesn't exist" here).
+//! The layers below the façades (`segment`, `lock`) fail with their own, smaller types: what
+//! happened, not how Qt words it. The façades turn those into these errors (see
+//! `handle::qt_errors`), so every Qt text is written in one place.
 
 use std::fmt;
 
-use crate::sys;
+use crate::sys::Errno;
+
+/// A class of Qt error codes: `QSharedMemory::SharedMemoryError` or
+/// `QSystemSemaphore::SystemSemaphoreError`, without `NoError`.
+pub trait QtErrorKind: Copy + fmt::Debug + PartialEq + Eq + Send + Sync + 'static {
+    /// The numeric value of this code in Qt's enum.
+    fn qt_value(self) -> u8;
+
+    /// Qt's `setUnixErrorString()` mapping of this class: the code and the reason text for an
+    /// OS error.
+    fn from_errno(errno: Errno) -> (Self, String);
+}
 
 /// `QSharedMemory::SharedMemoryError`, without `NoError` (that is `Ok`).
 ///
@@ -60,106 +73,27 @@ impl ErrorKind {
     }
 }
 
-/// A failed shared memory operation: Qt's error code, Qt's error text, and the OS error.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Error {
-    kind: ErrorKind,
-    message: String,
-    errno: Option<i32>,
-}
-
-impl Error {
-    /// An error with a fixed Qt text and no OS error behind it.
-    #[must_use]
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            errno: None,
-        }
+impl QtErrorKind for ErrorKind {
+    fn qt_value(self) -> u8 {
+        self as u8
     }
 
-    /// An error with a text of our own, for a failure Qt has no text for, carrying the OS error.
-    #[must_use]
-    pub fn with_errno(kind: ErrorKind, message: impl Into<String>, errno: i32) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-            errno: Some(errno),
-        }
-    }
-
-    /// Qt's `setUnixErrorString(function)`: maps `errno` to a kind and the text
-    /// `"<function>: <reason>"` exactly as Qt does.
-    #[must_use]
-    pub fn from_errno(function: &str, errno: i32) -> Self {
-        let (kind, reason) = match errno {
-            libc::EACCES => (ErrorKind::PermissionDenied, "permission denied".to_owned()),
-            libc::EEXIST => (ErrorKind::AlreadyExists, "already exists".to_owned()),
-            libc::ENOENT => (ErrorKind::NotFound, "doesn't exist".to_owned()),
-            libc::EMFILE | libc::ENOMEM | libc::ENOSPC => {
-                (ErrorKind::OutOfResources, "out of resources".to_owned())
+    /// `QSharedMemoryPrivate::setUnixErrorString()`.
+    fn from_errno(errno: Errno) -> (Self, String) {
+        match errno {
+            Errno::EACCES => (Self::PermissionDenied, "permission denied".to_owned()),
+            Errno::EEXIST => (Self::AlreadyExists, "already exists".to_owned()),
+            Errno::ENOENT => (Self::NotFound, "doesn't exist".to_owned()),
+            Errno::EMFILE | Errno::ENOMEM | Errno::ENOSPC => {
+                (Self::OutOfResources, "out of resources".to_owned())
             }
             other => (
-                ErrorKind::UnknownError,
-                format!("unknown error: {}", sys::strerror(other)),
+                Self::UnknownError,
+                format!("unknown error: {}", other.text()),
             ),
-        };
-        Self {
-            kind,
-            message: format!("{function}: {reason}"),
-            errno: Some(errno),
         }
     }
-
-    /// The error `QSharedMemoryPrivate::initKey` reports when setting up the lock failed:
-    /// the semaphore's kind mapped 1:1 and its text wrapped in Qt's sentence.
-    #[must_use]
-    pub fn from_init_key(lock_error: &SemaphoreError) -> Self {
-        let kind = match lock_error.kind {
-            SemaphoreErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-            SemaphoreErrorKind::KeyError => ErrorKind::KeyError,
-            SemaphoreErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
-            SemaphoreErrorKind::NotFound => ErrorKind::NotFound,
-            SemaphoreErrorKind::OutOfResources => ErrorKind::OutOfResources,
-            SemaphoreErrorKind::UnknownError => ErrorKind::UnknownError,
-        };
-        Self {
-            kind,
-            message: format!(
-                "QSharedMemoryPrivate::initKey: unable to set key on lock ({})",
-                lock_error.message
-            ),
-            errno: lock_error.errno,
-        }
-    }
-
-    /// Qt's error code for this error.
-    #[must_use]
-    pub fn kind(&self) -> ErrorKind {
-        self.kind
-    }
-
-    /// Qt's `errorString()` for this error.
-    #[must_use]
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// The OS error number behind this error, if there is one.
-    #[must_use]
-    pub fn errno(&self) -> Option<i32> {
-        self.errno
-    }
 }
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Error {}
 
 /// `QSystemSemaphore::SystemSemaphoreError`, without `NoError`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,18 +121,49 @@ impl SemaphoreErrorKind {
     }
 }
 
-/// A failed `QSystemSemaphore` operation, with Qt's code and text.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SemaphoreError {
-    kind: SemaphoreErrorKind,
-    message: String,
-    errno: Option<i32>,
+impl QtErrorKind for SemaphoreErrorKind {
+    fn qt_value(self) -> u8 {
+        self as u8
+    }
+
+    /// `QSystemSemaphorePrivate::setUnixErrorString()`.
+    fn from_errno(errno: Errno) -> (Self, String) {
+        match errno {
+            Errno::EPERM | Errno::EACCES => {
+                (Self::PermissionDenied, "permission denied".to_owned())
+            }
+            Errno::EEXIST => (Self::AlreadyExists, "already exists".to_owned()),
+            Errno::ENOENT => (Self::NotFound, "does not exist".to_owned()),
+            Errno::ERANGE | Errno::ENOSPC | Errno::EMFILE => {
+                (Self::OutOfResources, "out of resources".to_owned())
+            }
+            Errno::ENAMETOOLONG => (Self::KeyError, "key too long".to_owned()),
+            other => (
+                Self::UnknownError,
+                format!("unknown error: {}", other.text()),
+            ),
+        }
+    }
 }
 
-impl SemaphoreError {
-    /// An error with a fixed Qt text.
+/// A failed Qt operation: Qt's error code, Qt's error text, and the OS error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QtError<K> {
+    kind: K,
+    message: String,
+    errno: Option<Errno>,
+}
+
+/// A failed shared memory operation (`QSharedMemory`'s codes and texts).
+pub type Error = QtError<ErrorKind>;
+
+/// A failed `QSystemSemaphore` operation (its codes and texts).
+pub type SemaphoreError = QtError<SemaphoreErrorKind>;
+
+impl<K: QtErrorKind> QtError<K> {
+    /// An error with a fixed Qt text and no OS error behind it.
     #[must_use]
-    pub fn new(kind: SemaphoreErrorKind, message: impl Into<String>) -> Self {
+    pub fn new(kind: K, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
@@ -206,30 +171,21 @@ impl SemaphoreError {
         }
     }
 
-    /// `QSystemSemaphorePrivate::setUnixErrorString(function)`: Qt's errno mapping for
-    /// semaphores.
+    /// An error with a text of our own, for a failure Qt has no text for, carrying the OS error.
     #[must_use]
-    pub fn from_errno(function: &str, errno: i32) -> Self {
-        let (kind, reason) = match errno {
-            libc::EPERM | libc::EACCES => (
-                SemaphoreErrorKind::PermissionDenied,
-                "permission denied".to_owned(),
-            ),
-            libc::EEXIST => (
-                SemaphoreErrorKind::AlreadyExists,
-                "already exists".to_owned(),
-            ),
-            libc::ENOENT => (SemaphoreErrorKind::NotFound, "does not exist".to_owned()),
-            libc::ERANGE | libc::ENOSPC | libc::EMFILE => (
-                SemaphoreErrorKind::OutOfResources,
-                "out of resources".to_owned(),
-            ),
-            libc::ENAMETOOLONG => (SemaphoreErrorKind::KeyError, "key too long".to_owned()),
-            other => (
-                SemaphoreErrorKind::UnknownError,
-                format!("unknown error: {}", sys::strerror(other)),
-            ),
-        };
+    pub(crate) fn with_errno(kind: K, message: impl Into<String>, errno: Errno) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            errno: Some(errno),
+        }
+    }
+
+    /// Qt's `setUnixErrorString(function)`: maps `errno` to a kind and the text
+    /// `"<function>: <reason>"` exactly as Qt does.
+    #[must_use]
+    pub(crate) fn from_errno(function: &str, errno: Errno) -> Self {
+        let (kind, reason) = K::from_errno(errno);
         Self {
             kind,
             message: format!("{function}: {reason}"),
@@ -239,7 +195,7 @@ impl SemaphoreError {
 
     /// Qt's error code for this error.
     #[must_use]
-    pub fn kind(&self) -> SemaphoreErrorKind {
+    pub fn kind(&self) -> K {
         self.kind
     }
 
@@ -252,17 +208,46 @@ impl SemaphoreError {
     /// The OS error number behind this error, if there is one.
     #[must_use]
     pub fn errno(&self) -> Option<i32> {
+        self.errno.map(Errno::raw)
+    }
+
+    /// The OS error behind this error, for the crate's own matching.
+    pub(crate) fn os_error(&self) -> Option<Errno> {
         self.errno
     }
 }
 
-impl fmt::Display for SemaphoreError {
+impl Error {
+    /// The error `QSharedMemoryPrivate::initKey` reports when setting up the lock failed:
+    /// the semaphore's kind mapped 1:1 and its text wrapped in Qt's sentence.
+    #[must_use]
+    pub fn from_init_key(lock_error: &SemaphoreError) -> Self {
+        let kind = match lock_error.kind {
+            SemaphoreErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            SemaphoreErrorKind::KeyError => ErrorKind::KeyError,
+            SemaphoreErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            SemaphoreErrorKind::NotFound => ErrorKind::NotFound,
+            SemaphoreErrorKind::OutOfResources => ErrorKind::OutOfResources,
+            SemaphoreErrorKind::UnknownError => ErrorKind::UnknownError,
+        };
+        Self {
+            kind,
+            message: format!(
+                "QSharedMemoryPrivate::initKey: unable to set key on lock ({})",
+                lock_error.message
+            ),
+            errno: lock_error.errno,
+        }
+    }
+}
+
+impl<K> fmt::Display for QtError<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
     }
 }
 
-impl std::error::Error for SemaphoreError {}
+impl<K: fmt::Debug> std::error::Error for QtError<K> {}
 
 /// Shorthand for results of shared memory operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -273,35 +258,35 @@ mod tests {
 
     #[test]
     fn errno_texts_are_qts() {
-        let e = Error::from_errno("QSharedMemory::attach (shm_open)", libc::ENOENT);
+        let e = Error::from_errno("QSharedMemory::attach (shm_open)", Errno::ENOENT);
         assert_eq!(e.kind(), ErrorKind::NotFound);
         assert_eq!(
             e.to_string(),
             "QSharedMemory::attach (shm_open): doesn't exist"
         );
-        assert_eq!(e.errno(), Some(libc::ENOENT));
-        let e = Error::from_errno("QSharedMemory::create", libc::EINVAL);
+        assert_eq!(e.errno(), Some(Errno::ENOENT.raw()));
+        let e = Error::from_errno("QSharedMemory::create", Errno::EINVAL);
         assert_eq!(e.kind(), ErrorKind::UnknownError);
         assert_eq!(
             e.message(),
             "QSharedMemory::create: unknown error: Invalid argument"
         );
         assert_eq!(
-            Error::from_errno("f", libc::ENOSPC).kind(),
+            Error::from_errno("f", Errno::ENOSPC).kind(),
             ErrorKind::OutOfResources
         );
     }
 
     #[test]
     fn semaphore_texts_differ_where_qt_differs() {
-        let e = SemaphoreError::from_errno("QSystemSemaphore::handle", libc::ENOENT);
+        let e = SemaphoreError::from_errno("QSystemSemaphore::handle", Errno::ENOENT);
         assert_eq!(e.message(), "QSystemSemaphore::handle: does not exist");
         assert_eq!(e.kind(), SemaphoreErrorKind::NotFound);
-        let e = SemaphoreError::from_errno("QSystemSemaphore::handle", libc::ENOMEM);
+        let e = SemaphoreError::from_errno("QSystemSemaphore::handle", Errno::ENOMEM);
         assert_eq!(e.kind(), SemaphoreErrorKind::UnknownError);
         let wrapped = Error::from_init_key(&SemaphoreError::from_errno(
             "QSystemSemaphore::handle",
-            libc::EACCES,
+            Errno::EACCES,
         ));
         assert_eq!(wrapped.kind(), ErrorKind::PermissionDenied);
         assert_eq!(

@@ -9,7 +9,7 @@
 //!
 //! Beyond Qt: waits can time out ([`SystemSemaphore::acquire_timeout`]) or be tried
 //! ([`SystemSemaphore::try_acquire`]); every wait is cut into slices of at most
-//! [`WAIT_SLICE`](crate::lock::WAIT_SLICE) between which a caller-supplied interrupt check runs
+//! [`WAIT_SLICE`](crate::wait::WAIT_SLICE) between which a caller-supplied interrupt check runs
 //! ([`SystemSemaphore::acquire_with`]); and all operations take `&self`, so one semaphore can
 //! be shared by threads (an `Arc<SystemSemaphore>`), one blocked in `acquire` while another
 //! calls `release`.
@@ -38,11 +38,13 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::error::{SemaphoreError, SemaphoreErrorKind};
+use crate::key::Backend;
 use crate::key::{IpcObject, KeyType, NativeIpcKey};
-use crate::lock::{wait_in_slices, Waited};
-use crate::semaphore::{PosixSemaphore, SemMode, SysVSemaphore};
-use crate::shared_memory::{backend, Backend};
+use crate::lock::posix_sem::PosixSemaphore;
+use crate::lock::sysv_sem::{SysVSemaphore, COUNTER_SET_SIZE};
+use crate::lock::SemMode;
 use crate::sys::{process, Errno};
+use crate::wait::{uninterrupted, wait_in_slices, Interrupt, Waited};
 
 /// `QSystemSemaphore::AccessMode`: how [`SystemSemaphore::new`] and
 /// [`set_native_key`](SystemSemaphore::set_native_key) treat an existing semaphore.
@@ -114,13 +116,23 @@ impl Handle {
         mode: AccessMode,
     ) -> Result<Self, SemaphoreError> {
         let native = key.native_key();
-        let os = match backend(key.key_type()) {
+        if native.contains('\0') {
+            // As QSharedMemory: the OS takes names as C strings, and Qt passes the bytes up to
+            // the NUL, so "/a\0b" would silently be the semaphore "/a". Refused instead.
+            return Err(SemaphoreError::new(
+                SemaphoreErrorKind::KeyError,
+                "QSystemSemaphore::handle: key contains a NUL character (the OS would cut the \
+                 name there, making it the same key as its first part)",
+            ));
+        }
+        let os = match key.key_type().backend() {
             Some(Backend::SysV { project_id }) => OsSemaphore::SysV(SysVSemaphore::open(
                 native,
                 project_id,
                 initial_value,
-                crate::semaphore::COUNTER_SET_SIZE,
+                COUNTER_SET_SIZE,
                 mode.into(),
+                0o600,
             )?),
             Some(Backend::Posix) => {
                 // Qt passes the int to sem_open's unsigned parameter: a negative value becomes
@@ -147,9 +159,9 @@ impl Handle {
     /// One attempt to take a token, waiting at most `wait` (`None`: not at all).
     fn acquire_for(&self, wait: Option<Duration>) -> Result<bool, SemaphoreError> {
         match &self.os {
-            OsSemaphore::SysV(sem) => sem.acquire_for(wait)?.map_err(|e| {
-                SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore", e.raw())
-            }),
+            OsSemaphore::SysV(sem) => sem
+                .acquire_for(wait)?
+                .map_err(|e| SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore", e)),
             OsSemaphore::Posix(sem) => {
                 let result = match wait {
                     None => sem.semaphore().try_wait(),
@@ -160,7 +172,7 @@ impl Handle {
                     Err(Errno::EAGAIN | Errno::ETIMEDOUT | Errno::EINTR) => Ok(false),
                     Err(e) => Err(SemaphoreError::from_errno(
                         "QSystemSemaphore::modifySemaphore (sem_wait)",
-                        e.raw(),
+                        e,
                     )),
                 }
             }
@@ -170,11 +182,11 @@ impl Handle {
     /// Gives `n` (> 0) tokens back.
     fn release(&self, n: u32) -> Result<(), SemaphoreError> {
         match &self.os {
-            OsSemaphore::SysV(sem) => sem.release(n)?.map_err(|e| {
-                SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore", e.raw())
-            }),
+            OsSemaphore::SysV(sem) => sem
+                .release(n)?
+                .map_err(|e| SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore", e)),
             OsSemaphore::Posix(sem) => sem.release(n).map_err(|e| {
-                SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore (sem_post)", e.raw())
+                SemaphoreError::from_errno("QSystemSemaphore::modifySemaphore (sem_post)", e)
             }),
         }
     }
@@ -189,16 +201,24 @@ impl Handle {
     }
 }
 
-impl Drop for Handle {
-    fn drop(&mut self) {
+impl Handle {
+    /// Qt's `cleanHandle()`: removes the semaphore if this object created it. Runs once (the
+    /// OS objects remember nothing of it; a second call finds nothing to do).
+    fn clean(&self) -> Result<(), SemaphoreError> {
         if self.fork_generation != process::fork_generation() {
             // Inherited through fork(): the semaphore belongs to the parent.
-            return;
+            return Ok(());
         }
         match &self.os {
             OsSemaphore::SysV(sem) => sem.clean_handle(),
             OsSemaphore::Posix(sem) => sem.clean_handle(),
         }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.clean();
     }
 }
 
@@ -256,11 +276,6 @@ struct State {
 #[derive(Debug)]
 pub struct SystemSemaphore {
     state: Mutex<State>,
-}
-
-/// A wait that is never interrupted.
-fn uninterrupted() -> bool {
-    false
 }
 
 impl SystemSemaphore {
@@ -321,7 +336,7 @@ impl SystemSemaphore {
     /// [`SharedMemory`](crate::SharedMemory).
     #[must_use]
     pub fn is_key_type_supported(key_type: KeyType) -> bool {
-        backend(key_type).is_some()
+        key_type.backend().is_some()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -390,8 +405,15 @@ impl SystemSemaphore {
         }
         state.error = None;
         // Qt's cleanHandle() of the old key comes first: with the same key in Create mode it
-        // removes the semaphore this object owned, and the new handle creates it afresh.
-        drop(state.handle.take());
+        // removes the semaphore this object owned, and the new handle creates it afresh. Its
+        // failure (the set was removed by another of its creators) is recorded, as in Qt, and
+        // the new key is set all the same. (A thread still waiting on the old semaphore keeps
+        // it open; its cleanup then runs when that wait ends.)
+        if let Some(old) = state.handle.take().and_then(Arc::into_inner) {
+            if let Err(e) = old.clean() {
+                state.error = Some(e);
+            }
+        }
         state.key = key;
         state.initial_value = initial_value;
         match Handle::open(&state.key, initial_value, mode) {
@@ -492,7 +514,7 @@ impl SystemSemaphore {
 
     /// Takes a token, waiting at most `timeout` (`None`: as long as it takes) and running
     /// `interrupt` between wait slices (at least every
-    /// [`WAIT_SLICE`](crate::lock::WAIT_SLICE)); if it returns true, the wait ends.
+    /// [`WAIT_SLICE`](crate::wait::WAIT_SLICE)); if it returns true, the wait ends.
     ///
     /// `Ok(true)`: acquired (the error state is cleared, as by Qt's `acquire()`). `Ok(false)`:
     /// the timeout passed (a timeout is not an error: the error state is cleared too) or
@@ -503,7 +525,7 @@ impl SystemSemaphore {
     pub fn acquire_with(
         &self,
         timeout: Option<Duration>,
-        interrupt: &mut dyn FnMut() -> bool,
+        interrupt: Interrupt<'_>,
     ) -> Result<bool, SemaphoreError> {
         let handle = self.handle()?;
         // The state lock is not held while waiting: release() from another thread must get

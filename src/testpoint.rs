@@ -15,8 +15,8 @@
 //! | create | `create:reserved` (unnamed file sized and reserved), `create:initialised` (control page written, not yet counted), `create:published` (named, counted, mapped) | `create:locked` (Qt's semaphore held), `create:segment` (`shmget` done, not attached), `create:attached` (attached, semaphore still held) |
 //! | attach | `attach:opened` (descriptor open, not yet counted), `attach:counted` (`LOCK_SH` held, not mapped), `attach:mapped` | `attach:locked`, `attach:attached` (semaphore still held) |
 //! | detach | `detach:begin`, `detach:exclusive` (last one: `LOCK_EX` held, name not yet removed), `detach:unlinked` | `detach:begin`, `detach:locked` (semaphore held, still attached), `detach:unmapped` (`shmdt` done, last-detacher check not yet made), `detach:removed` (segment removed, key file and semaphore not yet) |
-//! | lock | `lock:owned` (mutex taken, owner pid not yet recorded), `lock:acquired` | `lock:acquired` |
-//! | unlock | `unlock:begin`, `unlock:owner-cleared` (owner pid cleared, mutex still held), `unlock:released` | `unlock:begin`, `unlock:released` |
+//! | lock | `lock:owned` (mutex taken, Qt's semaphore not yet), `lock:acquired` | `lock:acquired` |
+//! | unlock | `unlock:begin`, `unlock:semaphore-released` (Qt's semaphore given back, mutex still held), `unlock:released` | `unlock:begin`, `unlock:released` |
 //! | opening the lock | — | `lock-set:keyed` (`ftok` of the lock's key file done, `semget` not yet), `lock-set:created` (set created, not yet initialised) |
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -368,7 +368,7 @@ class KeyRegistry:
         if typ == POSIX_TYPE:
             base = native[1:] if native.startswith("/") else native
             if "/" not in base:
-                self._add_posix(base, "sem." + base)
+                self._add_posix(base, base + ".qsm", "sem." + base)
                 if base.startswith("qipc_sharedmemory_"):
                     self._add_posix("sem.qipc_systemsem_" + base[len("qipc_sharedmemory_") :])
         elif 0 <= typ <= 0xFF:
@@ -402,8 +402,10 @@ class KeyRegistry:
             legacy = legacy_suffix(name)
             shm += [
                 name,
+                name + ".qsm",
                 "sem." + name,
                 "qipc_sharedmemory_" + legacy,
+                "qipc_sharedmemory_" + legacy + ".qsm",
                 "sem.qipc_systemsem_" + legacy,
             ]
             for d in runtime_dirs():

@@ -99,8 +99,15 @@ fn qt_error_texts_for_common_failures() {
     let e = fresh.lock().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::LockError);
     assert_eq!(e.message(), "QSharedMemory::lock: unable to lock");
+    // Qt's semaphore kept the error of that lock() on the empty key: attach() reports it (as
+    // PySide6 does), where a fresh handle's attach() reports the segment's empty key.
     let e = fresh.attach(AccessMode::ReadWrite).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::KeyError);
+    assert_eq!(
+        e.message(),
+        "QSharedMemoryPrivate::initKey: unable to set key on lock (QSystemSemaphore::handle: key is empty)"
+    );
+    let e = SharedMemory::new().attach(AccessMode::ReadWrite).unwrap_err();
     assert_eq!(e.message(), "QSharedMemory::handle: key is empty");
     let e = fresh.create(10, AccessMode::ReadWrite).unwrap_err();
     assert_eq!(

@@ -247,7 +247,8 @@ def test_unused_segment_is_not_an_orphan_while_its_creator_lives(
     # rm only needs "nobody attached".
     rm = run_cli(procs, "rm", keys.id)
     assert rm.returncode == 0, rm.stderr
-    assert rm.stdout == f"removed {keys.id}: /dev/shm/{keys.name}\n"
+    # The data file and its control block (the sidecar that holds the lock and the count).
+    assert rm.stdout == f"removed {keys.id}: /dev/shm/{keys.name}, /dev/shm/{keys.name}.qsm\n"
     assert make_key.leftovers(keys.name) == []
 
 

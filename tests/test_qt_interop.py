@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import mmap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,11 +71,9 @@ SIZE = 1000  # not a multiple of the page size, on purpose
 PATTERN = bytes(range(1, 251)) * 2  # 500 bytes, no zero byte: never mistaken for fresh memory
 REPLY = b"written by the other side"
 REPLY_AT = 600
-PAGE = mmap.PAGESIZE
 
-# Combinations where Qt and qsharedmem share one lock: System V keys whoever created the segment,
-# and POSIX segments that Qt created (we then use Qt's named semaphore).
-SHARED_LOCK = [(kind, creator) for kind in SYSV_KINDS for creator in SIDES] + [("posix", "qt")]
+# Every kind of key, whoever creates the segment: Qt's lock and ours exclude each other.
+SHARED_LOCK = [(kind, creator) for kind in [*SYSV_KINDS, "posix"] for creator in SIDES]
 SHARED_LOCK_IDS = [f"{kind}-{creator}-creates" for kind, creator in SHARED_LOCK]
 
 
@@ -279,11 +276,6 @@ def with_lock(shm: QSharedMemory):
     return shm.locked(timeout=30)
 
 
-def posix_size_seen_by_foreign_readers(size: int) -> int:
-    """A qsharedmem POSIX segment: data rounded up to a page, plus the control page."""
-    return -(-size // PAGE) * PAGE + PAGE
-
-
 def sysv_segment_ids(keying: Keying) -> list[int]:
     keys = {ftok_key(path, keying.project_id()) for path in keying.key_files()[:1]}
     return [o.ident for o in sysv_objects() if o.kind == "shm" and o.key in keys]
@@ -382,16 +374,13 @@ def test_qsharedmem_creates_qt_attaches_and_shares_the_bytes(
     pair = make_pair(peers, kind, "qsharedmem", passing, qt_mode=mode)
     shm, qt = pair.shm, pair.qt
     assert shm.size() == SIZE
+    # Qt sees our size exactly: on POSIX the data file holds the data and nothing else.
+    assert qt.call("size") == SIZE
     if kind == "posix":
-        # Qt maps the whole file: our data, padding and the control page (SPEC §4.1).
-        expected = posix_size_seen_by_foreign_readers(SIZE)
-        assert qt.call("size") == expected == pair.keying.posix_path().stat().st_size
-    else:
-        assert qt.call("size") == SIZE
+        assert pair.keying.posix_path().stat().st_size == SIZE
     assert qt.read(0, len(PATTERN)) == PATTERN
     assert qt.read(len(PATTERN), SIZE - len(PATTERN)) == bytes(SIZE - len(PATTERN))
     if mode == "ReadWrite":
-        # For our POSIX segments Qt's lock() is not ours (limitation); nobody else writes here.
         qt.ok("lock")
         qt.write(REPLY_AT, REPLY)
         qt.ok("unlock")
@@ -474,19 +463,6 @@ def test_qt_lock_waits_until_qsharedmem_unlocks(peers: Peers, kind: str, creator
     qt.ok("unlock")
     assert shm.lock(timeout=30)
     assert shm.unlock()
-
-
-def test_qt_lock_does_not_exclude_qsharedmem_on_our_own_posix_segments(peers: Peers) -> None:
-    """The documented limitation: our POSIX segments lock a robust mutex Qt does not know.
-
-    Qt's lock() takes its POSIX named semaphore, ours the mutex in the control page, so both
-    "hold the lock" at once. Use a System V key when Qt and Python must lock each other.
-    """
-    pair = make_pair(peers, "posix", "qsharedmem")
-    assert pair.shm.lock(timeout=30)
-    pair.qt.ok("lock")  # returns at once, although we hold our lock
-    assert pair.qt.call("unlock") is True
-    assert pair.shm.unlock()
 
 
 # --------------------------------------------------------------------------------------------

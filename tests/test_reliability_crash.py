@@ -57,7 +57,7 @@ CRASHES = [
     Crash("posix", "lock", "lock:owned", owner_died=True),
     Crash("posix", "lock", "lock:acquired", owner_died=True),
     Crash("posix", "unlock", "unlock:begin", owner_died=True),
-    Crash("posix", "unlock", "unlock:owner-cleared", owner_died=True),
+    Crash("posix", "unlock", "unlock:semaphore-released", owner_died=True),
     Crash("posix", "unlock", "unlock:released", owner_died=False),
     *(Crash("sysv", "create", s) for s in ("create:locked", "create:segment", "create:attached")),
     *(Crash("sysv", "attach", s) for s in ("attach:locked", "attach:attached")),

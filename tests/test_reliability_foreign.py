@@ -18,10 +18,12 @@ names, and a segment that a peer truncates while we have it mapped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -182,65 +184,91 @@ print(json.dumps(seen), flush=True)
 """
 
 
-def valid_segment_bytes(size: int) -> bytes:
-    """The bytes of a real qsharedmem segment of ``size`` bytes (data, padding, control page)."""
+def template_segment(size: int) -> tuple[bytes, bytes]:
+    """The bytes of a real qsharedmem segment of ``size`` bytes: its data file and its control
+    block (``<name>.qsm``), which describes that (now removed) data file."""
     key = K(f"/tstshm_{os.getpid()}_template", K.Type.PosixRealtime)
     template = S(key)
     assert template.create(size), template.errorString()
     try:
-        return shm_path(key).read_bytes()
+        path = shm_path(key)
+        return path.read_bytes(), path.with_name(path.name + ".qsm").read_bytes()
     finally:
         assert template.detach()
 
 
-def patched_control(size: int, **fields: int) -> bytes:
-    """A qsharedmem segment image with control-page fields overwritten."""
-    image = bytearray(valid_segment_bytes(size))
-    base = len(image) - PAGE
-    offsets = {"version": (8, "=I"), "page_size": (12, "=I"), "logical_size": (16, "=Q")}
+def control_block(**fields: int) -> bytes:
+    """A control block (of a segment that is gone) with fields overwritten."""
+    image = bytearray(template_segment(100)[1])
+    offsets = {"version": (8, "=I")}
     for field, value in fields.items():
         at, fmt = offsets[field]
-        struct.pack_into(fmt, image, base + at, value)
+        struct.pack_into(fmt, image, at, value)
     return bytes(image)
 
 
-def our_magic_in_short_file() -> bytes:
-    image = valid_segment_bytes(100)
-    return image[len(image) - PAGE :][:200]  # magic at offset 0, far shorter than a page
+def old_layout_segment() -> bytes:
+    """A segment of qsharedmem 0.1: the data, then a control page with the old magic."""
+    return b"\x09" * PAGE + b"QSHMEM\x00\x01" + bytes(PAGE - 8)
 
+
+ALREADY_EXISTS = "QSharedMemory::attach (shm_open): already exists"
+
+
+def sidecar_taken(name: str) -> str:
+    return (
+        f"QSharedMemory::create: /dev/shm/{name}.qsm exists and is not a qsharedmem control block"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Corrupt:
+    data: bytes | Callable[[], bytes]
+    # "foreign" (attached as someone else's segment) or the attach error text
+    attach: str
+    sidecar: bytes | Callable[[], bytes] | None = None
+    # create()'s text, a function of the name (AlreadyExists in every case)
+    create: Callable[[str], str] = lambda _: ALREADY_EXISTS
+    # Whether the sidecar (someone else's, or ours of another version) must stay as it was;
+    # a control block of ours that describes no file is removed as the leftover it is.
+    sidecar_kept: bool = True
+    # An orphan of ours (of qsharedmem 0.1, which nobody holds): create() reclaims it.
+    reclaimed: bool = False
+
+    @property
+    def qt_defined(self) -> bool:
+        """Qt looks at the data file only: where that alone decides, Qt must agree."""
+        return self.sidecar is None and self.attach != OLD_LAYOUT_TEXT_START
+
+
+OLD_LAYOUT_TEXT_START = "QSharedMemory::attach: /dev/shm/"
 
 CORRUPT = {
-    # label: (file contents, outcome: "foreign" or the qsharedmem error text prefix, Qt defined)
-    "0-byte file": (b"", "QSharedMemory::attach (mmap): unknown error: Invalid argument", True),
-    "shorter than a page": (b"x" * 100, "foreign", True),
-    "a page without our magic": (b"\x07" * PAGE, "foreign", True),
-    "two pages, zeros": (bytes(2 * PAGE), "foreign", True),
-    "our magic in a short file": (our_magic_in_short_file, "foreign", True),
-    "our magic, wrong version": (
-        lambda: patched_control(100, version=7),
-        "QSharedMemory::attach: unsupported qsharedmem segment layout version 7",
-        False,
+    "0-byte file": Corrupt(b"", "QSharedMemory::attach (mmap): unknown error: Invalid argument"),
+    "shorter than a page": Corrupt(b"x" * 100, "foreign"),
+    "a page without our magic": Corrupt(b"\x07" * PAGE, "foreign"),
+    "two pages, zeros": Corrupt(bytes(2 * PAGE), "foreign"),
+    "an odd size": Corrupt(b"\x05" * (3 * PAGE + 123), "foreign"),
+    "a segment of qsharedmem 0.1": Corrupt(
+        old_layout_segment, OLD_LAYOUT_TEXT_START, reclaimed=True
     ),
-    "size larger than the file": (
-        lambda: patched_control(100, logical_size=1 << 40),
-        "QSharedMemory::attach: corrupt qsharedmem segment (header says 1099511627776 bytes, "
-        "file has 8192)",
-        False,
+    "a sidecar that is not a control block": Corrupt(
+        b"\x03" * 100, "foreign", sidecar=b"\x07" * PAGE, create=sidecar_taken
     ),
-    "size zero": (
-        lambda: patched_control(100, logical_size=0),
-        "QSharedMemory::attach: corrupt qsharedmem segment (header says 0 bytes, file has 8192)",
-        False,
+    "a sidecar shorter than a control block": Corrupt(
+        b"\x03" * 100, "foreign", sidecar=b"QSMSIDE\x02" + bytes(92), create=sidecar_taken
     ),
-    "wrong page size": (
-        lambda: patched_control(100, page_size=PAGE * 2),
-        "QSharedMemory::attach: corrupt qsharedmem segment (header says 100 bytes, file has 8192)",
-        False,
+    "a control block of another layout version": Corrupt(
+        b"\x03" * 100,
+        "QSharedMemory::attach: unsupported qsharedmem control block layout version 7",
+        sidecar=lambda: control_block(version=7),
+        create=sidecar_taken,
     ),
-    "truncated to an odd size": (
-        lambda: valid_segment_bytes(3 * PAGE)[: 3 * PAGE + 123],
+    "a control block that describes another file": Corrupt(
+        b"\x03" * 100,
         "foreign",
-        True,
+        sidecar=lambda: template_segment(100)[1],
+        sidecar_kept=False,
     ),
 }
 
@@ -249,30 +277,49 @@ CORRUPT = {
 def test_foreign_or_corrupt_object_under_our_name(
     label: str, make_key: KeyRegistry, procs: ChildProcesses
 ) -> None:
-    contents, outcome, qt_defined = CORRUPT[label]
-    if callable(contents):
-        contents = contents()
+    case = CORRUPT[label]
+    data = case.data() if callable(case.data) else case.data
+    sidecar = case.sidecar() if callable(case.sidecar) else case.sidecar
     key = new_key(qsharedmem, make_key, "corrupt", "posix")
     path = shm_path(key)
-    path.write_bytes(contents)
+    side_path = path.with_name(path.name + ".qsm")
+    path.write_bytes(data)
     os.chmod(path, 0o600)
-    before = path.read_bytes()
+    if sidecar is not None:
+        side_path.write_bytes(sidecar)
+        os.chmod(side_path, 0o600)
 
     result = procs.run_python(CHECK_CHILD, "qsharedmem", key.toString())
     assert result.returncode == 0, result  # no SIGBUS, no segfault
     seen = json.loads(result.stdout.strip().splitlines()[-1])
     ok, error, text, size = seen[:4]
-    if outcome == "foreign":
-        assert [ok, error, text, size] == [True, "NoError", "", len(contents)]
-        assert seen[4] == sum(contents), "data() must be exactly the file"
+    if case.attach == "foreign":
+        assert [ok, error, text, size] == [True, "NoError", "", len(data)]
+        assert seen[4] == sum(data), "data() must be exactly the file"
+    elif case.attach == OLD_LAYOUT_TEXT_START:
+        assert [ok, error, size] == [False, "UnknownError", 0]
+        assert text.startswith(OLD_LAYOUT_TEXT_START + path.name), text
+        assert f"qsharedmem rm posix:/{path.name}" in text, "the error says how to remove it"
     else:
-        assert [ok, error, text, size] == [False, "UnknownError", outcome, 0]
+        assert [ok, error, text, size] == [False, "UnknownError", case.attach, 0]
+    if case.reclaimed:
+        # Nobody holds it (0.1's attachments held an flock on the data file): an orphan, which
+        # create() replaces; the new segment went with the child.
+        assert seen[-3:] == [True, "NoError", ""]
+        assert make_key.leftovers(make_key("corrupt")) == []
+        return
     # create() never removes or alters someone else's (or a damaged) object.
-    assert seen[-3:] == [False, "AlreadyExists", "QSharedMemory::attach (shm_open): already exists"]
-    assert path.read_bytes() == before
-    assert make_key.leftovers(make_key("corrupt")) == [str(path)], "nothing else left"
+    assert seen[-3:] == [False, "AlreadyExists", case.create(path.name)]
+    assert path.read_bytes() == data
+    expected = [str(path)]
+    if sidecar is not None and case.sidecar_kept:
+        assert side_path.read_bytes() == sidecar
+        expected.append(str(side_path))
+    assert sorted(make_key.leftovers(make_key("corrupt"))) == sorted(expected), "nothing else"
+    if sidecar is not None:
+        side_path.unlink(missing_ok=True)
 
-    if qt_defined:
+    if case.qt_defined:
         qt = procs.run_python(CHECK_CHILD, "pyside6", key.toString())
         assert qt.returncode == 0, qt
         assert json.loads(qt.stdout.strip().splitlines()[-1]) == seen
@@ -334,10 +381,11 @@ def test_peer_truncates_the_file_under_an_attachment(
 def test_peer_truncates_the_file_while_the_victim_holds_the_lock(
     mode: int, make_key: KeyRegistry, procs: ChildProcesses
 ) -> None:
-    """The victim holds the robust mutex when the file shrinks. Its unlock finds a zero page
-    where the mutex was; glibc takes it for a plain mutex and leaves it on the thread's robust
-    list. The detach must leave that page mapped: the thread's next lock of any robust mutex
-    (here another segment's) writes into the list entry, and used to die of SIGSEGV there."""
+    """The victim holds the lock when a peer truncates the data file to nothing. The robust
+    mutex is not in the data file (it is in the control block, which Qt and other peers never
+    touch), so unlocking and locking again work; the data reads as zeros (no SIGBUS), and
+    detach() reports the damage. The same thread's robust list stays sound: it locks another
+    segment's mutex afterwards (with the mutex in the data file, that used to die of SIGSEGV)."""
     key = new_key(qsharedmem, make_key, "heldtrunc", "posix")
     other = new_key(qsharedmem, make_key, "heldother", "posix")
     owner = S(key)
@@ -355,7 +403,8 @@ def test_peer_truncates_the_file_while_the_victim_holds_the_lock(
     finally:
         os.close(fd)
 
-    victim.call("unlock", "h")  # touches the lost control page
+    assert victim.call("unlock", "h").r is True, "the lock is out of the data file's reach"
+    assert victim.call("sum", "h").r == 0, "the lost page reads as zeros"
     reply = victim.call("detach", "h")
     assert reply.r is False, "detach() reports the damage"
     assert "the segment was truncated by another process" in reply.e[1], reply
@@ -368,6 +417,41 @@ def test_peer_truncates_the_file_while_the_victim_holds_the_lock(
     owner.detach()
     del owner
     assert make_key.leftovers(make_key("heldtrunc"), make_key("heldother")) == []
+
+
+@pytest.mark.parametrize("mode", [1, 0], ids=["ReadWrite", "ReadOnly"])
+def test_peer_overwrites_every_byte_of_the_file_while_the_victim_holds_the_lock(
+    mode: int, make_key: KeyRegistry, procs: ChildProcesses
+) -> None:
+    """A peer (Qt fills data() to its size(); a buggy writer fills the whole file) overwrites
+    every byte of the data file, and more, while the victim holds the lock: nothing of the
+    lock is there, so the victim unlocks and the next holder locks as always."""
+    key = new_key(qsharedmem, make_key, "scribbled", "posix")
+    owner = S(key)
+    assert owner.create(5000), owner.errorString()
+    victim = start_agent(procs)
+    assert victim.call("key", "h", key.toString()).r is True
+    assert victim.call("attach", "h", mode).r is True
+    assert victim.call("lock", "h", 5).r is True
+
+    path = shm_path(key)
+    assert path.stat().st_size == 5000, "the data file is exactly the data"
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, b"\xa5" * (3 * PAGE), 0)  # past the end too: the file grows
+    finally:
+        os.close(fd)
+
+    assert victim.call("unlock", "h").r is True
+    assert owner.lock(timeout=5), owner.errorString()
+    assert not owner.lockOwnerDied()
+    assert bytes(owner.constData()[:8]) == b"\xa5" * 8
+    assert owner.unlock()
+    assert victim.call("detach", "h").r is True
+    assert victim.finish() == 0
+    assert owner.detach()
+    del owner
+    assert make_key.leftovers(make_key("scribbled")) == []
 
 
 def test_peer_truncates_a_foreign_segment(procs: ChildProcesses) -> None:

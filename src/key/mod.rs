@@ -146,6 +146,32 @@ impl IpcObject {
     }
 }
 
+/// The OS backend a key type selects on Linux, for shared memory and semaphores alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// POSIX realtime: `shm_open`/`sem_open` names in `/dev/shm`.
+    Posix,
+    /// System V, with this `ftok` project id.
+    SysV { project_id: u8 },
+}
+
+impl KeyType {
+    /// The backend this key type selects: System V for every value up to 0xff (Qt routes the
+    /// invalid type 0 there too: its `ftok` id is then 0, which works), POSIX for
+    /// `PosixRealtime`, none for the rest (Windows, unknown values).
+    pub(crate) fn backend(self) -> Option<Backend> {
+        if self.0 <= 0xff {
+            Some(Backend::SysV {
+                project_id: self.0 as u8,
+            })
+        } else if self == Self::POSIX_REALTIME {
+            Some(Backend::Posix)
+        } else {
+            None
+        }
+    }
+}
+
 /// Qt's `QtIpcCommon::isIpcSupported`: whether this OS has a backend for `key_type`. Every type
 /// that is neither POSIX nor Windows goes to the System V backend, including 0 and unknown values
 /// (Qt dispatches them there too), so derivation still produces a System V name for them.

@@ -1,5 +1,6 @@
 //! Qt's enums live in Python (`qsharedmem._enums`, `IntEnum`s); this module converts between
-//! them and the core's types.
+//! them and the core's types. The classes are fetched once, when the extension module is
+//! initialised ([`init`]); no call imports anything.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -33,6 +34,19 @@ enum_class_fn!(access_mode_class, "AccessMode");
 enum_class_fn!(shared_memory_error_class, "SharedMemoryError");
 enum_class_fn!(semaphore_access_mode_class, "SystemSemaphoreAccessMode");
 enum_class_fn!(semaphore_error_class, "SystemSemaphoreError");
+
+/// Fetches every enum class (and `enum.Enum`), at module initialisation.
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    key_type_class(py)?;
+    access_mode_class(py)?;
+    shared_memory_error_class(py)?;
+    semaphore_access_mode_class(py)?;
+    semaphore_error_class(py)?;
+    ENUM.import(py, "enum", "Enum")?;
+    Ok(())
+}
+
+static ENUM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// Makes every member of `enum_classes` an attribute of `class` as well (`QSharedMemory.ReadOnly`
 /// next to `QSharedMemory.AccessMode.ReadOnly`), as in PySide6.
@@ -75,7 +89,6 @@ pub(crate) fn enum_value(
     class: &Bound<'_, PyType>,
     what: &str,
 ) -> PyResult<i64> {
-    static ENUM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     let enum_base = ENUM.import(obj.py(), "enum", "Enum")?;
     if obj.is_instance(enum_base)? && !obj.is_instance(class)? {
         return Err(pyo3::exceptions::PyTypeError::new_err(format!(

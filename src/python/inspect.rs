@@ -16,12 +16,13 @@
 use std::time::UNIX_EPOCH;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 use super::errors::to_py_err;
 use crate::error::{Error, ErrorKind};
 use crate::inspect::{self, GcOutcome, InspectError, LockInfo, Scope, SegmentInfo};
 use crate::segment::SegmentKind;
+use crate::sys::Errno;
 
 fn scope(all_users: bool) -> Scope {
     if all_users {
@@ -38,10 +39,15 @@ fn to_exception(py: Python<'_>, error: &InspectError) -> PyErr {
     let kind = match error {
         InspectError::NotFound { .. } => ErrorKind::NotFound,
         InspectError::Ambiguous { .. } => ErrorKind::KeyError,
-        _ if errno == libc::EACCES || errno == libc::EPERM => ErrorKind::PermissionDenied,
+        _ if errno == Errno::EACCES.raw() || errno == Errno::EPERM.raw() => {
+            ErrorKind::PermissionDenied
+        }
         _ => ErrorKind::UnknownError,
     };
-    to_py_err(py, &Error::with_errno(kind, error.to_string(), errno))
+    to_py_err(
+        py,
+        &Error::with_errno(kind, error.to_string(), Errno::from_raw(errno)),
+    )
 }
 
 fn kind_name(kind: SegmentKind) -> &'static str {
@@ -56,6 +62,7 @@ fn lock_to_dict<'py>(py: Python<'py>, lock: &LockInfo) -> PyResult<Bound<'py, Py
     let d = PyDict::new(py);
     d.set_item("state", lock.state.as_str())?;
     d.set_item("holder", lock.holder)?;
+    d.set_item("suspects", &lock.suspects)?;
     d.set_item("primitive", &lock.primitive)?;
     d.set_item("value", lock.value)?;
     d.set_item("waiters", lock.waiters)?;
@@ -79,6 +86,18 @@ fn segment_to_dict<'py>(py: Python<'py>, s: &SegmentInfo) -> PyResult<Bound<'py,
     d.set_item("ipc_key", s.ipc_key.map(|k| k as u32))?;
     d.set_item("size", s.size)?;
     d.set_item("file_size", s.file_size)?;
+    d.set_item("control_file", &s.control_file)?;
+    d.set_item("notify_waiters", s.notify_waiters)?;
+    d.set_item("generation", s.generation)?;
+    let events = PyList::empty(py);
+    for event in &s.events {
+        let e = PyDict::new(py);
+        e.set_item("name", &event.name)?;
+        e.set_item("set", event.set)?;
+        e.set_item("waiters", event.waiters)?;
+        events.append(e)?;
+    }
+    d.set_item("events", events)?;
     d.set_item("attachments", s.attachments)?;
     d.set_item("pids", &s.pids)?;
     d.set_item("last_pid", s.last_pid)?;

@@ -5,8 +5,10 @@
 use pyo3::prelude::*;
 
 mod buffer;
+mod convert;
 mod enums;
 mod errors;
+mod fast;
 mod inspect;
 mod key;
 mod shared_memory;
@@ -17,6 +19,9 @@ mod system_semaphore;
 #[pyo3(name = "_qsharedmem")]
 fn qsharedmem_extension(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Everything Python-side the extension uses, once, now: no call imports anything later.
+    enums::init(m.py())?;
+    errors::init(m.py())?;
     key::register(m)?;
     shared_memory::register(m)?;
     system_semaphore::register(m)?;

@@ -1,28 +1,30 @@
 //! `qsharedmem.QSharedMemory`: PySide6's `QSharedMemory` API over the core
-//! [`SharedMemory`](crate::SharedMemory).
+//! [`Handle`](crate::Handle).
 //!
-//! Conversion only. Two rules keep it safe to use from many threads:
-//! * the GIL is never held while waiting: operations that may wait (lock, and create, attach,
-//!   detach, which take the System V lock) run detached from the interpreter, re-attaching only
-//!   to run signal handlers between wait slices (so Ctrl-C works);
-//! * the handle's state mutex is never waited for with the GIL held (a thread that finds it
-//!   busy waits detached), so a thread blocked in `lock()` can always get the GIL back.
+//! Conversion, GIL release and buffer export only. The handle takes `&self` and never holds its
+//! state mutex across a wait or while the interrupt check runs, so any thread may call into it
+//! with the GIL held; what may wait runs with the GIL released, re-attaching only to run signal
+//! handlers between wait slices (so Ctrl-C works). The hot paths (`lock`, `unlock`, `data`,
+//! `constData`, `size`) are in [`super::fast`].
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use pyo3::exceptions::{PyOverflowError, PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMemoryView, PyString, PyTuple, PyType};
 
 use super::buffer::SegmentBuffer;
-use super::enums::{self, int_value, key_type_from_py, member};
+use super::convert::{access_mode, detached_interruptible, key_arg, size_arg, timeout, KeyArg};
+use super::enums::{self, key_type_from_py, member};
 use super::errors::to_py_err;
-use super::key::{extract_key, PyNativeIpcKey};
+use super::fast::{self, gil_held, CachedView};
+use super::key::PyNativeIpcKey;
+use crate::handle::Handle;
 use crate::key::KeyType;
-use crate::segment::{AccessMode, Attachment};
-use crate::shared_memory::LockStart;
+use crate::segment::{AccessMode, Permissions};
+use crate::wait::{uninterrupted, Interrupt};
 use crate::{NativeIpcKey, SharedMemory};
 
 /// `QSharedMemory`: a shared memory segment by key, with Qt 6's API and semantics.
@@ -34,337 +36,137 @@ use crate::{NativeIpcKey, SharedMemory};
     weakref
 )]
 pub(crate) struct PySharedMemory {
-    inner: Mutex<State>,
+    handle: Handle,
+    /// The base views `data()` and `constData()` hand out new views of (see
+    /// [`Self::view_slow`]).
+    data_view: CachedView,
+    const_view: CachedView,
 }
 
-/// What the handle's mutex protects.
-#[derive(Default)]
-struct State {
-    shm: SharedMemory,
-    /// The views `data()` and `constData()` hand out views of.
-    views: CachedViews,
-}
-
-/// A memoryview of the current attachment for `data()` and one for `constData()`, made on
-/// first use. Every call returns a new view of one of them: CPython makes that with one
-/// allocation (the new view shares the base's managed buffer, which holds the exporter and
-/// with it the attachment), instead of an exporter, a managed buffer and a view.
-///
-/// A cached view holds its attachment, so it is dropped before anything that may detach (and
-/// checked after): the core's detach must remain the last reference, as without the cache.
-/// Python objects are made and dropped only outside the mutex, because that may run Python
-/// code (a finalizer) that uses this handle.
-#[derive(Default)]
-struct CachedViews {
-    data: Option<CachedView>,
-    const_data: Option<CachedView>,
-}
-
-struct CachedView {
-    /// `Arc::as_ptr` of the attachment the view shows; the view keeps that attachment alive,
-    /// so the address cannot be reused while the view is cached.
-    attachment: usize,
-    view: Py<PyMemoryView>,
-}
-
-impl CachedViews {
-    fn slot(&mut self, read_only: bool) -> &mut Option<CachedView> {
-        if read_only {
-            &mut self.const_data
-        } else {
-            &mut self.data
-        }
-    }
-
-    /// Takes the views out if they show another attachment than `current`.
-    fn take_stale(&mut self, current: Option<&Arc<Attachment>>) -> CachedViews {
-        let current = current.map_or(0, |att| Arc::as_ptr(att) as usize);
-        let mut stale = CachedViews::default();
-        for read_only in [false, true] {
-            let slot = self.slot(read_only);
-            if slot.as_ref().is_some_and(|c| c.attachment != current) {
-                *stale.slot(read_only) = slot.take();
-            }
-        }
-        stale
-    }
-}
-
-/// Converts an `AccessMode` member or 0/1 (a member of another enum is a `TypeError`).
-pub(crate) fn access_mode(obj: &Bound<'_, PyAny>) -> PyResult<AccessMode> {
-    match enums::enum_value(
-        obj,
-        &enums::access_mode_class(obj.py())?,
-        "QSharedMemory.AccessMode",
-    )? {
-        0 => Ok(AccessMode::ReadOnly),
-        1 => Ok(AccessMode::ReadWrite),
-        other => Err(PyValueError::new_err(format!(
-            "{other} is not a valid QSharedMemory.AccessMode"
-        ))),
-    }
-}
-
-/// A timeout in seconds: `None` waits forever, `inf` too; negative or NaN is a `ValueError`.
-pub(crate) fn timeout(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else {
-        return Ok(None);
-    };
-    if obj.is_instance_of::<pyo3::types::PyBool>() {
-        return Err(PyTypeError::new_err(
-            "timeout must be a number of seconds or None, not bool",
-        ));
-    }
-    let seconds: f64 = obj.extract().map_err(|_| {
-        PyTypeError::new_err(format!(
-            "timeout must be a number of seconds or None, not {}",
-            obj.get_type()
-                .name()
-                .map_or_else(|_| "?".into(), |n| n.to_string())
-        ))
-    })?;
-    if seconds.is_nan() || seconds < 0.0 {
-        return Err(PyValueError::new_err(
-            "timeout must be a non-negative number of seconds",
-        ));
-    }
-    if seconds.is_infinite() {
-        return Ok(None);
-    }
-    Duration::try_from_secs_f64(seconds)
-        .map(Some)
-        .map_err(|_| PyOverflowError::new_err("timeout too large"))
-}
-
-/// A size for create(): negative values become 0 (Qt's `InvalidSize`, "less then 0"); values
-/// past the address space are an `OverflowError`.
-fn size_arg(obj: &Bound<'_, PyAny>) -> PyResult<usize> {
-    let raw = int_value(obj, "an int size")?;
-    if raw < 0 {
-        return Ok(0);
-    }
-    usize::try_from(raw)
-        .ok()
-        .filter(|&s| isize::try_from(s).is_ok())
-        .ok_or_else(|| PyOverflowError::new_err("size too large"))
-}
-
-/// The key argument of the constructor and `setNativeKey`: a `QNativeIpcKey`, or a string.
-pub(crate) enum KeyArg {
-    Native(NativeIpcKey),
-    Text(String),
-}
-
-/// Converts a key argument; any other type is a `TypeError`.
-pub(crate) fn key_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyArg> {
-    if let Some(key) = extract_key(obj)? {
-        return Ok(KeyArg::Native(key));
-    }
-    if let Ok(text) = obj.cast::<PyString>() {
-        return Ok(KeyArg::Text(text.to_str()?.to_owned()));
-    }
-    Err(PyTypeError::new_err(format!(
-        "key must be a QNativeIpcKey or a str, not {}",
-        obj.get_type().name()?
-    )))
-}
-
-/// Runs `f`, which may wait, detached from the interpreter, handing it an interrupt check that
-/// runs Python's signal handlers (the core calls it between wait slices); if a handler raised
-/// (KeyboardInterrupt), the check returns true and that exception is the result.
-pub(crate) fn detached_interruptible<R: Send>(
+/// The permission bits and group of `create(..., permissions=, group=)`.
+fn permissions(
     py: Python<'_>,
-    f: impl FnOnce(&mut dyn FnMut() -> bool) -> R + Send,
-) -> PyResult<R> {
-    let (result, pending) = py.detach(|| {
-        let mut pending: Option<PyErr> = None;
-        let mut interrupt = || {
-            Python::attach(|py| match py.check_signals() {
-                Ok(()) => false,
-                Err(e) => {
-                    pending = Some(e);
-                    true
-                }
-            })
-        };
-        let result = f(&mut interrupt);
-        (result, pending)
-    });
-    match pending {
-        Some(e) => Err(e),
-        None => Ok(result),
+    mode: Option<&Bound<'_, PyAny>>,
+    group: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Permissions> {
+    let mode = mode.filter(|m| !m.is_none());
+    let group = group.filter(|g| !g.is_none());
+    if mode.is_none() && group.is_none() {
+        return Ok(Permissions::default());
     }
+    let bits = match mode {
+        Some(mode) => {
+            let bits = enums::int_value(mode, "an int of permission bits")?;
+            u32::try_from(bits)
+                .ok()
+                .filter(|b| *b <= 0o777)
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyValueError::new_err(
+                        "permissions must be permission bits, 0 to 0o777",
+                    )
+                })?
+        }
+        None => 0o600,
+    };
+    let gid = match group {
+        None => None,
+        Some(g) if g.is_instance_of::<PyString>() => {
+            let entry = py.import("grp")?.call_method1("getgrnam", (g,))?;
+            Some(entry.getattr("gr_gid")?.extract::<u32>()?)
+        }
+        Some(g) => {
+            Some(enums::int_value(g, "a group name or id")?).and_then(|id| u32::try_from(id).ok())
+        }
+    };
+    Ok(Permissions::exactly(bits, gid))
 }
 
 impl PySharedMemory {
-    /// Runs `f` on the core handle. Never waits for the handle's mutex with the GIL held.
-    fn with_state<R: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&mut SharedMemory) -> R + Send,
-    ) -> R {
-        self.with_full_state(py, |state| f(&mut state.shm))
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
     }
 
-    fn with_full_state<R: Send>(
-        &self,
-        py: Python<'_>,
-        f: impl FnOnce(&mut State) -> R + Send,
-    ) -> R {
-        match self.inner.try_lock() {
-            Ok(mut state) => f(&mut state),
-            Err(TryLockError::Poisoned(poisoned)) => f(&mut poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => {
-                py.detach(|| f(&mut self.inner.lock().unwrap_or_else(PoisonError::into_inner)))
-            }
+    pub(crate) fn views(&self, read_only: bool) -> &CachedView {
+        if read_only {
+            &self.const_view
+        } else {
+            &self.data_view
         }
     }
 
-    /// The state if the mutex is free right now (the GIL is held: never wait for it here).
-    fn try_state(&self) -> Option<MutexGuard<'_, State>> {
-        match self.inner.try_lock() {
-            Ok(state) => Some(state),
-            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        }
-    }
-
-    /// `data()` (`read_only` false) and `constData()`: a new view of the cached view of the
-    /// current attachment, making that on first use (see [`CachedViews`]).
-    fn view<'py>(&self, py: Python<'py>, read_only: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(mut state) = self.try_state() else {
-            // Busy (another thread waits in lock() or attach()): an uncached view.
-            return match self.with_state(py, |s| s.attachment().cloned()) {
-                Some(att) => Ok(Some(
-                    SegmentBuffer::memoryview(py, att, read_only)?.into_any(),
-                )),
-                None => Ok(None),
-            };
-        };
-        let Some(att) = state.shm.attachment().cloned() else {
-            return Ok(None);
-        };
-        let key = Arc::as_ptr(&att) as usize;
-        if let Some(cached) = state.views.slot(read_only).as_ref() {
-            if cached.attachment == key {
-                let base = cached.view.clone_ref(py);
-                drop(state);
-                return Ok(Some(PyMemoryView::from(base.bind(py).as_any())?.into_any()));
-            }
-        }
-        drop(state);
-        let base = SegmentBuffer::memoryview(py, att, read_only)?;
-        let view = PyMemoryView::from(base.as_any())?.into_any();
-        let replaced = self.try_state().and_then(|mut state| {
-            let current = state.shm.attachment().map(|a| Arc::as_ptr(a) as usize);
-            (current == Some(key)).then(|| {
-                state.views.slot(read_only).replace(CachedView {
-                    attachment: key,
-                    view: base.unbind(),
-                })
-            })
-        });
-        drop(replaced); // outside the mutex
-        Ok(Some(view))
-    }
-
-    /// Drops the cached views, before an operation that may detach.
+    /// Drops the cached views (they hold the attachment), before an operation that may detach.
     fn forget_views(&self, py: Python<'_>) {
-        let views = self.with_full_state(py, |state| std::mem::take(&mut state.views));
-        drop(views);
+        let old = (self.data_view.take(), self.const_view.take());
+        drop(old);
+        let _ = py;
     }
 
-    /// Runs an operation that may wait, detached from the interpreter, with an interrupt check
-    /// that runs Python's signal handlers; a handler's exception (KeyboardInterrupt) wins.
-    /// The operation may detach: the cached views are dropped first.
+    /// Frees what the handle retired, with the GIL released (a last detach may wait).
+    fn reclaim(&self, py: Python<'_>) {
+        let retired = self.handle.retired(&gil_held(py));
+        py.detach(move || drop(retired));
+    }
+
+    /// Runs an operation that may wait or change the attachment: the cached views go first,
+    /// the operation runs with the GIL released (with an interrupt check that runs Python's
+    /// signal handlers; a handler's exception wins), what it retired is freed afterwards.
     fn waiting<R: Send>(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut SharedMemory, &mut dyn FnMut() -> bool) -> R + Send,
+        f: impl FnOnce(&Handle, Interrupt<'_>) -> R + Send,
     ) -> PyResult<R> {
         self.forget_views(py);
-        self.waiting_keeping_views(py, f)
+        let result = detached_interruptible(py, |interrupt| f(&self.handle, interrupt));
+        self.reclaim(py);
+        result
     }
 
-    /// [`Self::waiting`] for an operation that never detaches (lock()).
-    fn waiting_keeping_views<R: Send>(
+    /// `lock(timeout)` beyond the hot path.
+    pub(crate) fn lock_slow(
         &self,
         py: Python<'_>,
-        f: impl FnOnce(&mut SharedMemory, &mut dyn FnMut() -> bool) -> R + Send,
-    ) -> PyResult<R> {
-        let (result, stale) = detached_interruptible(py, |interrupt| {
-            let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            let result = f(&mut state.shm, interrupt);
-            // Views another thread cached meanwhile, of what this operation detached.
-            let state = &mut *state;
-            let stale = state.views.take_stale(state.shm.attachment());
-            (result, stale)
-        })?;
-        drop(stale);
-        Ok(result)
-    }
-
-    /// Replaces the handle's state (`__init__`, also when called again on a live handle: the
-    /// old state detaches like a destroyed handle, with the GIL released).
-    fn reset(&self, py: Python<'_>, shm: SharedMemory) {
-        self.forget_views(py);
-        let old = self.with_state(py, |s| std::mem::replace(s, shm));
-        py.detach(move || drop(old));
-    }
-
-    fn lock_impl(&self, py: Python<'_>, wait: Option<Duration>) -> PyResult<bool> {
-        // Fast path: one attempt with the GIL held (no syscall for an uncontended mutex).
-        let first = self.with_state(py, |s| s.try_lock_raw().map(|got| got.is_some()));
-        match first {
-            Ok(true) => return Ok(true),
-            Err(_) => return Ok(false),
-            Ok(false) => {}
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let wait = self::timeout(timeout)?;
+        if let Some(_owner_died) = self.handle.try_lock_now(&gil_held(py)) {
+            return Ok(true);
         }
         if wait == Some(Duration::ZERO) {
-            return Ok(self.with_state(py, |s| {
-                s.lock_with(Some(Duration::ZERO), &mut || false).is_ok()
-            }));
+            return Ok(self.handle.lock_with(wait, &mut uninterrupted).is_ok());
         }
-        // The wait runs without the handle's mutex: held through the wait, a child forked by
-        // another thread meanwhile would find it locked forever, and hang on any use of the
-        // handle. The wait keeps the segment alive by itself.
-        //
-        // And the lock, once taken, never waits for the handle's mutex: another thread may
-        // hold that mutex while it waits for this very lock (a System V attach() or detach()
-        // locks internally), and each would wait for the other forever. If the handle is busy,
-        // the lock is given back and the whole lock() starts again.
-        let deadline = wait.map(|w| Instant::now() + w);
-        loop {
-            let pending = match self.with_state(py, SharedMemory::lock_start) {
-                Ok(LockStart::Done(_)) => return Ok(true),
-                Ok(LockStart::Wait(pending)) => pending,
-                Err(_) => return Ok(false),
-            };
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            let outcome = detached_interruptible(py, |interrupt| pending.wait(left, interrupt))?;
-            let Ok(got) = outcome else {
-                // Nothing taken: recording the failure may wait for the handle.
-                return Ok(self.with_state(py, |s| s.lock_finish(&pending, outcome).is_ok()));
-            };
-            if let Some(mut state) = self.try_state_patiently() {
-                return Ok(state.shm.lock_finish(&pending, Ok(got)).is_ok());
-            }
-            pending.give_back(got);
-            // Let the busy thread have the lock, and the handle, before trying again.
-            py.detach(|| drop(self.inner.lock()));
-        }
+        detached_interruptible(py, |interrupt| {
+            self.handle.lock_with(wait, interrupt).is_ok()
+        })
     }
 
-    /// The handle's state if it is free now or within a few microseconds (never waits longer
-    /// with the GIL held).
-    fn try_state_patiently(&self) -> Option<MutexGuard<'_, State>> {
-        for _ in 0..100 {
-            if let Some(state) = self.try_state() {
-                return Some(state);
-            }
-            std::hint::spin_loop();
+    /// `unlock()` beyond the hot path.
+    pub(crate) fn unlock_slow(&self, py: Python<'_>) -> bool {
+        // Detached: if another thread holds the lock, unlock() first lets it finish ending.
+        py.detach(|| self.handle.unlock().is_ok())
+    }
+
+    /// `data()` (`read_only` false) and `constData()` beyond the hot path: makes the base view of
+    /// the current attachment (one exporter, one managed buffer), caches it, and returns a new
+    /// view of it. Every later call returns a new view of the cached one: CPython makes that
+    /// with one allocation.
+    pub(crate) fn view_slow(&self, py: Python<'_>, read_only: bool) -> PyResult<Py<PyAny>> {
+        let Some(attachment) = self.handle.attachment() else {
+            return Ok(py.None());
+        };
+        let key = Arc::as_ptr(&attachment) as usize;
+        let base = SegmentBuffer::memoryview(py, attachment, read_only)?;
+        let view = PyMemoryView::from(base.as_any())?.into_any().unbind();
+        // Cached only if it still shows the current attachment (another thread may have
+        // detached meanwhile).
+        let current = self
+            .handle
+            .attachment_now(&gil_held(py))
+            .map(|a| std::ptr::from_ref(a) as usize);
+        if current == Some(key) {
+            let replaced = self.views(read_only).replace(key, base.into_any().unbind());
+            drop(replaced);
         }
-        None
+        Ok(view)
     }
 }
 
@@ -377,7 +179,9 @@ impl PySharedMemory {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         Self {
-            inner: Mutex::new(State::default()),
+            handle: Handle::new(),
+            data_view: CachedView::default(),
+            const_view: CachedView::default(),
         }
     }
 
@@ -392,13 +196,16 @@ impl PySharedMemory {
         // `parent` exists for drop-in compatibility with PySide6 (a QObject parent); there is no
         // object tree here, so it is accepted and not used.
         let _ = parent;
-        let shm = match key.filter(|k| !k.is_none()).map(key_arg).transpose()? {
-            None => SharedMemory::new(),
-            Some(KeyArg::Native(key)) => SharedMemory::with_key(key),
-            Some(KeyArg::Text(text)) => SharedMemory::with_legacy_key(&text),
+        let key = match key.filter(|k| !k.is_none()).map(key_arg).transpose()? {
+            None => None,
+            Some(KeyArg::Native(key)) => Some(key),
+            Some(KeyArg::Text(text)) => Some(SharedMemory::legacy_native_key(
+                &text,
+                KeyType::legacy_default_for_os(),
+            )),
         };
-        self.reset(py, shm);
-        Ok(())
+        // A live handle re-initialised detaches like a destroyed one, with the GIL released.
+        self.waiting(py, move |handle, _| handle.reset(key))
     }
 
     #[classattr]
@@ -413,18 +220,23 @@ impl PySharedMemory {
         Ok(enums::shared_memory_error_class(py)?.unbind())
     }
 
-    /// `create(size, mode=ReadWrite) -> bool`
-    #[pyo3(signature = (size, mode = None))]
+    /// `create(size, mode=ReadWrite, *, permissions=None, group=None) -> bool`
+    #[pyo3(signature = (size, mode = None, *, permissions = None, group = None))]
     fn create(
         &self,
         py: Python<'_>,
         size: &Bound<'_, PyAny>,
         mode: Option<&Bound<'_, PyAny>>,
+        permissions: Option<&Bound<'_, PyAny>>,
+        group: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let size = size_arg(size)?;
         let mode = mode.map(access_mode).transpose()?.unwrap_or_default();
-        self.waiting(py, |s, interrupt| {
-            s.create_with(size, mode, interrupt).is_ok()
+        let permissions = self::permissions(py, permissions, group)?;
+        self.waiting(py, |handle, interrupt| {
+            handle
+                .create_with(size, mode, permissions, interrupt)
+                .is_ok()
         })
     }
 
@@ -432,12 +244,16 @@ impl PySharedMemory {
     #[pyo3(signature = (mode = None))]
     fn attach(&self, py: Python<'_>, mode: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         let mode = mode.map(access_mode).transpose()?.unwrap_or_default();
-        self.waiting(py, |s, interrupt| s.attach_with(mode, interrupt).is_ok())
+        self.waiting(py, |handle, interrupt| {
+            handle.attach_with(mode, None, interrupt).is_ok()
+        })
     }
 
     /// `detach() -> bool`
     fn detach(&self, py: Python<'_>) -> PyResult<bool> {
-        self.waiting(py, |s, interrupt| s.detach_with(interrupt).is_ok())
+        self.waiting(py, |handle, interrupt| {
+            handle.detach_with(interrupt).is_ok()
+        })
     }
 
     /// `remove() -> bool` (not in Qt): removes the segment's key now, as
@@ -445,13 +261,15 @@ impl PySharedMemory {
     /// the memory is freed by the last detach. False + `error()` if there was nothing to
     /// remove (`NotFound`) or it failed.
     fn remove(&self, py: Python<'_>) -> PyResult<bool> {
-        self.waiting(py, |s, interrupt| s.remove_with(interrupt).is_ok())
+        self.waiting(py, |handle, interrupt| {
+            handle.remove_with(interrupt).is_ok()
+        })
     }
 
     /// The exception for the last recorded error (`None` for `NoError`): the
     /// `qsharedmem.SharedMemoryError` subclass with `errno`, Qt's text and `qt_error`.
     fn _exception<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        let error = self.with_state(py, |s| s.error().cloned())?;
+        let error = self.handle.error()?;
         Some(
             to_py_err(py, &error)
                 .into_value(py)
@@ -462,61 +280,32 @@ impl PySharedMemory {
 
     /// `isAttached() -> bool`
     #[pyo3(name = "isAttached")]
-    fn is_attached(&self, py: Python<'_>) -> bool {
-        self.with_state(py, |s| s.is_attached())
-    }
-
-    /// `data() -> memoryview | None`: the segment's memory (read-only for ReadOnly attachments).
-    fn data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.view(py, false)
-    }
-
-    /// `constData() -> memoryview | None`: the segment's memory, read-only.
-    #[pyo3(name = "constData")]
-    fn const_data<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
-        self.view(py, true)
-    }
-
-    /// `size() -> int`
-    fn size(&self, py: Python<'_>) -> usize {
-        self.with_state(py, |s| s.size())
-    }
-
-    /// `lock(timeout=None) -> bool`: waits at most `timeout` seconds (None: for as long as it
-    /// takes), with the GIL released and Ctrl-C working.
-    #[pyo3(signature = (timeout = None))]
-    fn lock(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
-        let wait = self::timeout(timeout)?;
-        self.lock_impl(py, wait)
-    }
-
-    /// `unlock() -> bool`
-    fn unlock(&self, py: Python<'_>) -> bool {
-        self.with_state(py, |s| s.unlock().is_ok())
+    fn is_attached(&self) -> bool {
+        self.handle.is_attached()
     }
 
     /// `lockOwnerDied() -> bool`: whether the last successful lock() found that the previous
     /// holder died while holding the lock.
     #[pyo3(name = "lockOwnerDied")]
-    fn lock_owner_died(&self, py: Python<'_>) -> bool {
-        self.with_state(py, |s| s.lock_owner_died())
+    fn lock_owner_died(&self) -> bool {
+        self.handle.lock_owner_died()
     }
 
     /// `error() -> QSharedMemory.SharedMemoryError`
     fn error<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let code = self.with_state(py, |s| s.error().map_or(0, |e| e.kind().qt_value()));
+        let code = self.handle.error().map_or(0, |e| e.kind().qt_value());
         member(&enums::shared_memory_error_class(py)?, u32::from(code))
     }
 
     /// `errorString() -> str`
     #[pyo3(name = "errorString")]
-    fn error_string(&self, py: Python<'_>) -> String {
-        self.with_state(py, |s| s.error_string().to_owned())
+    fn error_string(&self) -> String {
+        self.handle.error_string()
     }
 
     /// `key() -> str`: the legacy key ("" if the native key was not derived from one).
-    fn key(&self, py: Python<'_>) -> String {
-        self.with_state(py, |s| s.key().unwrap_or_default().to_owned())
+    fn key(&self) -> String {
+        self.handle.key().unwrap_or_default()
     }
 
     /// `setKey(key: str)`: `setNativeKey(legacyNativeKey(key))`.
@@ -528,21 +317,21 @@ impl PySharedMemory {
             .to_str()?
             .to_owned();
         let new_key = SharedMemory::legacy_native_key(&text, KeyType::legacy_default_for_os());
-        self.waiting(py, move |s, _| {
-            let _ = s.set_native_key(new_key);
+        self.waiting(py, move |handle, _| {
+            let _ = handle.set_native_key(new_key);
         })
     }
 
     /// `nativeKey() -> str`
     #[pyo3(name = "nativeKey")]
-    fn native_key(&self, py: Python<'_>) -> String {
-        self.with_state(py, |s| s.native_key().to_owned())
+    fn native_key(&self) -> String {
+        self.handle.native_key()
     }
 
     /// `nativeIpcKey() -> QNativeIpcKey`
     #[pyo3(name = "nativeIpcKey")]
-    fn native_ipc_key(&self, py: Python<'_>) -> PyNativeIpcKey {
-        PyNativeIpcKey::from_core(self.with_state(py, |s| s.native_ipc_key().clone()))
+    fn native_ipc_key(&self) -> PyNativeIpcKey {
+        PyNativeIpcKey::from_core(self.handle.native_ipc_key())
     }
 
     /// `setNativeKey(key: QNativeIpcKey)` or `setNativeKey(key: str, type=legacyDefaultTypeForOs())`
@@ -570,8 +359,8 @@ impl PySharedMemory {
                 NativeIpcKey::new(text, key_type)
             }
         };
-        self.waiting(py, move |s, _| {
-            let _ = s.set_native_key(new_key);
+        self.waiting(py, move |handle, _| {
+            let _ = handle.set_native_key(new_key);
         })
     }
 
@@ -617,12 +406,12 @@ impl PySharedMemory {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.waiting(py, |s, interrupt| {
-            if s.is_locked() {
-                let _ = s.unlock();
+        self.waiting(py, |handle, interrupt| {
+            if handle.is_locked() {
+                let _ = handle.unlock();
             }
-            if s.is_attached() {
-                let _ = s.detach_with(interrupt);
+            if handle.is_attached() {
+                let _ = handle.detach_with(interrupt);
             }
         })?;
         Ok(false)
@@ -633,10 +422,11 @@ impl PySharedMemory {
     /// be taken.
     #[pyo3(signature = (timeout = None))]
     fn locked(slf: Bound<'_, Self>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<LockedContext> {
-        let wait = self::timeout(timeout)?;
+        // Checked now, so that a bad timeout fails at the `with` line.
+        let _ = self::timeout(timeout)?;
         Ok(LockedContext {
             shm: slf.unbind(),
-            wait,
+            timeout: timeout.map(|t| t.clone().unbind()),
         })
     }
 
@@ -646,10 +436,9 @@ impl PySharedMemory {
     /// `__init__` is not called, as for any pickled object.
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
         let py = slf.py();
-        let (key, mode) = slf.get().with_state(py, |s| {
-            let mode = s.attachment().map(|a| u8::from(a.is_writable()));
-            (s.native_ipc_key().clone(), mode)
-        });
+        let handle = &slf.get().handle;
+        let mode = handle.attachment().map(|a| u8::from(a.is_writable()));
+        let key = handle.native_ipc_key();
         let rebuild = py
             .import("qsharedmem._qsharedmem")?
             .getattr("_rebuild_qsharedmemory")?;
@@ -664,32 +453,32 @@ impl PySharedMemory {
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         // A subclass shows its own name.
         let class = slf.get_type().qualname()?;
-        let (key, attached, size) = slf.get().with_state(slf.py(), |s| {
-            (s.native_ipc_key().to_qt_string(), s.is_attached(), s.size())
-        });
-        Ok(if attached {
-            format!("<{class} {key:?} attached, {size} bytes>")
-        } else {
-            format!("<{class} {key:?} not attached>")
+        let handle = &slf.get().handle;
+        let key = handle.native_ipc_key().to_qt_string();
+        Ok(match handle.attachment() {
+            Some(att) => format!("<{class} {key:?} attached, {} bytes>", att.size()),
+            None => format!("<{class} {key:?} not attached>"),
         })
     }
 
     /// Makes the handle independent of the parent after `fork()` (called from an
     /// `os.register_at_fork` hook; every operation also does it by itself).
-    fn _after_fork(&self, py: Python<'_>) {
-        self.with_state(py, SharedMemory::after_fork);
+    fn _after_fork(&self) {
+        self.handle.after_fork();
     }
 }
 
 impl Drop for PySharedMemory {
     fn drop(&mut self) {
-        // Like Qt's destructor this detaches and releases the lock; that may wait (briefly) for
-        // the System V lock, so the GIL is released meanwhile.
-        let State { shm, views } =
-            std::mem::take(self.inner.get_mut().unwrap_or_else(PoisonError::into_inner));
-        // The cached views go first, so that the core's detach is the last reference.
-        drop(views);
-        Python::attach(|py| py.detach(move || drop(shm)));
+        // The cached views go first, so that the core's detach is the last reference; like
+        // Qt's destructor the handle then detaches and releases the lock, which may wait
+        // (briefly) for the System V lock, so the GIL is released meanwhile.
+        let views = (self.data_view.take(), self.const_view.take());
+        let handle = std::mem::take(&mut self.handle);
+        Python::attach(|py| {
+            drop(views);
+            py.detach(move || drop(handle));
+        });
     }
 }
 
@@ -697,16 +486,16 @@ impl Drop for PySharedMemory {
 #[pyclass(module = "qsharedmem", name = "_LockedContext")]
 pub(crate) struct LockedContext {
     shm: Py<PySharedMemory>,
-    wait: Option<Duration>,
+    timeout: Option<Py<PyAny>>,
 }
 
 #[pymethods]
 impl LockedContext {
     fn __enter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySharedMemory>> {
         let shm = self.shm.bind(py);
-        if !shm.get().lock_impl(py, self.wait)? {
-            let error = shm.get().with_state(py, |s| s.error().cloned());
-            let error = error.unwrap_or_else(|| {
+        let timeout = self.timeout.as_ref().map(|t| t.bind(py));
+        if !shm.get().lock_slow(py, timeout)? {
+            let error = shm.get().handle.error().unwrap_or_else(|| {
                 crate::Error::new(
                     crate::ErrorKind::LockError,
                     "QSharedMemory::lock: unable to lock",
@@ -719,9 +508,7 @@ impl LockedContext {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> bool {
-        self.shm.bind(py).get().with_state(py, |s| {
-            let _ = s.unlock();
-        });
+        let _ = self.shm.bind(py).get().handle.unlock();
         false
     }
 }
@@ -745,7 +532,7 @@ pub(crate) fn _rebuild_qsharedmemory<'py>(
         } else {
             AccessMode::ReadWrite
         };
-        let attached = handle.waiting(py, |s, interrupt| s.attach_with(mode, interrupt))?;
+        let attached = handle.waiting(py, |h, interrupt| h.attach_with(mode, None, interrupt))?;
         if let Err(error) = attached {
             return Err(to_py_err(py, &error));
         }
@@ -753,33 +540,33 @@ pub(crate) fn _rebuild_qsharedmemory<'py>(
     Ok(shm)
 }
 
-/// `os.register_at_fork(before=...)` hook: every qsharedmem POSIX attachment prepares a lock
-/// for the child, so that the child counts as attached from the moment of the fork.
+/// `os.register_at_fork(before=...)` hook: every counted POSIX attachment prepares a lock for
+/// the child, so that the child counts as attached from the moment of the fork.
 #[pyfunction]
 fn _before_fork() {
-    crate::segment::prepare_all_for_fork();
+    crate::segment::registry::prepare_all_for_fork();
 }
 
 /// `os.register_at_fork(after_in_parent=...)` hook: closes the parent's copies of what
 /// `_before_fork` prepared.
 #[pyfunction]
 fn _after_fork_in_parent() {
-    crate::segment::after_fork_in_parent_all();
+    crate::segment::registry::after_fork_in_parent_all();
 }
 
-/// `os.register_at_fork(after_in_child=...)` hook: every inherited qsharedmem POSIX attachment
-/// gets a lock of the child's own, so neither process's detach destroys a segment the other
-/// still uses.
+/// `os.register_at_fork(after_in_child=...)` hook: every inherited POSIX attachment gets a
+/// lock of the child's own, so neither process's detach destroys a segment the other still
+/// uses.
 #[pyfunction]
 fn _after_fork_in_child() {
-    crate::segment::rehome_all_after_fork();
+    crate::segment::registry::rehome_all_after_fork();
 }
 
 /// Exit hook (atexit, and multiprocessing's finalizers in forked children, which leave with
-/// `os._exit`): the last holder of a qsharedmem POSIX segment removes its name.
+/// `os._exit`): the last holder of a POSIX segment removes its names.
 #[pyfunction]
 fn _release_at_exit() {
-    crate::segment::release_all_at_exit();
+    crate::segment::registry::release_all_at_exit();
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -788,8 +575,10 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(_release_at_exit, m)?)?;
     m.add_class::<PySharedMemory>()?;
+    let class = m.py().get_type::<PySharedMemory>();
+    fast::install(&class)?;
     enums::expose_members(
-        &m.py().get_type::<PySharedMemory>(),
+        &class,
         [
             enums::access_mode_class(m.py())?,
             enums::shared_memory_error_class(m.py())?,

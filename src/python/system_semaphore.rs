@@ -13,12 +13,12 @@ use pyo3::exceptions::{PyOverflowError, PyRuntimeWarning, PyTypeError, PyValueEr
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
 
+use super::convert::{detached_interruptible, key_arg, timeout, KeyArg};
 use super::enums::{
     self, enum_value, int_value, key_type_from_py, member, semaphore_access_mode_class,
 };
 use super::errors::semaphore_to_py_err;
 use super::key::PyNativeIpcKey;
-use super::shared_memory::{detached_interruptible, key_arg, timeout, KeyArg};
 use crate::key::KeyType;
 use crate::system_semaphore::{AccessMode, NEGATIVE_RELEASE_WARNING};
 use crate::{NativeIpcKey, SemaphoreError, SystemSemaphore};

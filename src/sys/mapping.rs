@@ -7,6 +7,56 @@ use std::ptr::{self, NonNull};
 
 use super::cvt::{cvt, Errno, SysResult};
 
+/// A type that may live in memory other processes write: every bit pattern is a valid value
+/// and every byte may change under a shared reference (atomics, `UnsafeCell`s), so
+/// [`Mapping::shared`] can hand out `&T` into shared memory soundly.
+///
+/// # Safety
+/// Implement it only for `#[repr(C)]` types made entirely of `CrossProcess` parts (atomics,
+/// arrays of them, [`super::mutex::RawMutex`]) with no padding that Rust would assume
+/// unchanged.
+pub unsafe trait CrossProcess: Sync {}
+
+// SAFETY: atomics are valid for every bit pattern and allow shared mutation.
+unsafe impl CrossProcess for std::sync::atomic::AtomicU8 {}
+// SAFETY: as above.
+unsafe impl CrossProcess for std::sync::atomic::AtomicU32 {}
+// SAFETY: as above.
+unsafe impl CrossProcess for std::sync::atomic::AtomicU64 {}
+// SAFETY: an array of `CrossProcess` values is one too (no padding between elements).
+unsafe impl<T: CrossProcess, const N: usize> CrossProcess for [T; N] {}
+
+/// Declares a `#[repr(C)]` struct for shared memory and implements [`CrossProcess`] for it,
+/// after checking at compile time that every field is `CrossProcess` and that the struct has no
+/// padding: then it is valid for every bit pattern and shared-mutable throughout, whatever
+/// another process writes.
+macro_rules! cross_process {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $($(#[$field_meta:meta])* $field_vis:vis $field:ident : $ty:ty),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        $vis struct $name {
+            $($(#[$field_meta])* $field_vis $field: $ty),*
+        }
+        const _: () = {
+            const fn is_cross_process<T: $crate::sys::mapping::CrossProcess>() {}
+            $(is_cross_process::<$ty>();)*
+            assert!(
+                ::std::mem::size_of::<$name>() == 0 $(+ ::std::mem::size_of::<$ty>())*,
+                "a cross-process struct has padding"
+            );
+        };
+        // SAFETY: `#[repr(C)]`, every field `CrossProcess`, no padding (all checked above).
+        #[allow(unsafe_code)]
+        unsafe impl $crate::sys::mapping::CrossProcess for $name {}
+    };
+}
+pub(crate) use cross_process;
+
 /// How the range was mapped, which decides how it is unmapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
@@ -114,6 +164,39 @@ impl Mapping {
         })
     }
 
+    /// A shared, writable, zero-filled anonymous mapping of `len` bytes: a stand-in for a
+    /// segment in tests.
+    #[cfg(test)]
+    pub fn anonymous_shared(len: usize) -> SysResult<Self> {
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        // SAFETY: a fresh anonymous mapping chosen by the kernel (addr NULL, no MAP_FIXED)
+        // cannot alias any Rust object.
+        let ptr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::ENOMEM)?;
+        Ok(Self {
+            ptr,
+            len,
+            writable: true,
+            origin: Origin::Mmap,
+            watch: None,
+            unmap_len: len,
+        })
+    }
+
     /// `shmat(shmid, NULL, writable ? 0 : SHM_RDONLY)`; `len` is the segment's `shm_segsz`.
     pub fn attach_sysv(shmid: i32, len: usize, writable: bool) -> SysResult<Self> {
         let flags = if writable { 0 } else { libc::SHM_RDONLY };
@@ -152,7 +235,7 @@ impl Mapping {
     /// system ran full). The memory is then no longer shared with anyone.
     #[must_use]
     pub fn lost_pages(&self) -> bool {
-        self.watch.is_some_and(super::sigbus::lost_pages)
+        !super::sigbus::nothing_ever_lost() && self.watch.is_some_and(super::sigbus::lost_pages)
     }
 
     /// Leaves the pages from `offset` (rounded down to a page) to the end mapped when this
@@ -177,52 +260,64 @@ impl Mapping {
 
     /// Whether the range was mapped writable.
     #[must_use]
+    #[cfg(test)]
     pub fn is_writable(&self) -> bool {
         self.writable
     }
 
-    /// The 32-bit atomic at `offset`, for lock-free fields shared between processes.
+    /// The value of type `T` at `offset`, for data shared with other processes: a
+    /// [`CrossProcess`] type is made only of atomics and cells that other processes may change
+    /// at any moment, so a shared reference to it is sound whatever they write.
     ///
     /// # Panics
-    /// If `offset` is misaligned or out of range, or the mapping is read-only (an atomic store
-    /// to a read-only page would fault).
+    /// If `offset` is misaligned for `T` or `T` does not fit at `offset`, or the mapping is
+    /// read-only (an atomic store to a read-only page would fault).
     #[must_use]
-    pub fn atomic_u32(&self, offset: usize) -> &std::sync::atomic::AtomicU32 {
-        use std::sync::atomic::AtomicU32;
-        assert!(self.writable, "atomic field in a read-only mapping");
+    pub fn shared<T: CrossProcess>(&self, offset: usize) -> &T {
+        assert!(self.writable, "cross-process data in a read-only mapping");
         assert!(
-            offset % std::mem::align_of::<AtomicU32>() == 0
-                && offset.checked_add(4).is_some_and(|end| end <= self.len),
-            "atomic field out of range"
+            offset % std::mem::align_of::<T>() == 0
+                && offset
+                    .checked_add(std::mem::size_of::<T>())
+                    .is_some_and(|end| end <= self.len),
+            "cross-process data out of range or misaligned"
         );
-        // SAFETY: the 4 bytes at `offset` are inside the live, writable mapping and aligned
-        // for `AtomicU32` (checked above); `AtomicU32` has the layout of `u32`, allows shared
-        // mutation through `&`, and any bit pattern is a valid `u32`. The reference borrows
-        // `self`, so it cannot outlive the mapping.
-        unsafe { AtomicU32::from_ptr(self.as_ptr().add(offset).cast::<u32>()) }
+        // SAFETY: the bytes at `offset` are inside the live, writable mapping and aligned for
+        // `T` (checked above, the mapping itself is page-aligned); `T: CrossProcess` is valid
+        // for every bit pattern and allows shared mutation through `&`, so whatever another
+        // process writes there, the reference stays sound. It borrows `self`, so it cannot
+        // outlive the mapping.
+        unsafe { &*self.as_ptr().add(offset).cast::<T>() }
     }
 
-    /// Copies `dst.len()` bytes starting at `offset` out of the mapping.
+    /// Copies bytes out of the mapping one atomic load at a time: sound whatever other
+    /// processes write meanwhile (the copy may then mix old and new bytes). For small reads
+    /// without the lock (inspection tools).
     ///
     /// # Panics
-    /// If the range `offset..offset + dst.len()` is not inside the mapping.
-    pub fn read_into(&self, offset: usize, dst: &mut [u8]) {
+    /// If the range is not inside the mapping.
+    pub fn copy_out(&self, offset: usize, dst: &mut [u8]) {
         assert!(
             offset
                 .checked_add(dst.len())
                 .is_some_and(|end| end <= self.len),
             "read out of range"
         );
-        // SAFETY: the source range was checked to lie inside the live mapping, and `dst` is a
-        // distinct Rust buffer; a byte copy is valid for any bit pattern.
-        unsafe { ptr::copy_nonoverlapping(self.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) }
+        for (i, byte) in dst.iter_mut().enumerate() {
+            // SAFETY: the byte is inside the live mapping (checked above); an `AtomicU8` may
+            // alias memory others write, and any bit pattern is a valid `u8`.
+            let cell =
+                unsafe { std::sync::atomic::AtomicU8::from_ptr(self.as_ptr().add(offset + i)) };
+            *byte = cell.load(std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
-    /// Copies `src` into the mapping at `offset`.
+    /// Copies `src` into the mapping one atomic store at a time (tests only).
     ///
     /// # Panics
     /// If the mapping is read-only or the range is not inside it.
-    pub fn write_from(&self, offset: usize, src: &[u8]) {
+    #[cfg(test)]
+    pub fn copy_in(&self, offset: usize, src: &[u8]) {
         assert!(self.writable, "write to a read-only mapping");
         assert!(
             offset
@@ -230,9 +325,12 @@ impl Mapping {
                 .is_some_and(|end| end <= self.len),
             "write out of range"
         );
-        // SAFETY: the destination range was checked to lie inside the live, writable mapping;
-        // `src` is a distinct Rust buffer.
-        unsafe { ptr::copy_nonoverlapping(src.as_ptr(), self.as_ptr().add(offset), src.len()) }
+        for (i, byte) in src.iter().enumerate() {
+            // SAFETY: the byte is inside the live, writable mapping (checked above).
+            let cell =
+                unsafe { std::sync::atomic::AtomicU8::from_ptr(self.as_ptr().add(offset + i)) };
+            cell.store(*byte, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// The bytes `offset..offset + len` as a shared slice.
@@ -343,9 +441,9 @@ mod tests {
         let fd = memfd(4096);
         let a = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 4096, true).unwrap();
         let b = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 4096, false).unwrap();
-        a.write_from(10, b"hello");
+        a.copy_in(10, b"hello");
         let mut out = [0u8; 5];
-        b.read_into(10, &mut out);
+        b.copy_out(10, &mut out);
         assert_eq!(&out, b"hello");
         assert!(!b.is_writable());
     }
@@ -355,7 +453,7 @@ mod tests {
     fn writing_a_read_only_mapping_panics_instead_of_faulting() {
         let fd = memfd(4096);
         let m = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 4096, false).unwrap();
-        m.write_from(0, b"x");
+        m.copy_in(0, b"x");
     }
 
     #[test]
@@ -363,18 +461,18 @@ mod tests {
         let page = page_size();
         let fd = memfd(3 * page);
         let m = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 3 * page, true).unwrap();
-        m.write_from(0, b"kept");
-        m.write_from(2 * page, b"lost");
+        m.copy_in(0, b"kept");
+        m.copy_in(2 * page, b"lost");
         assert!(!m.lost_pages());
         // SAFETY: valid fd, plain integer argument: another "process" shrinks the file.
         let ret = unsafe { libc::ftruncate(fd.as_raw_fd(), page as libc::off_t) };
         assert_eq!(ret, 0);
         let mut out = [0xffu8; 4];
-        m.read_into(2 * page, &mut out);
+        m.copy_out(2 * page, &mut out);
         assert_eq!(out, [0; 4], "the page past the end is a zero page now");
         assert!(m.lost_pages());
-        m.write_from(3 * page - 4, b"ok!!");
-        m.read_into(0, &mut out);
+        m.copy_in(3 * page - 4, b"ok!!");
+        m.copy_out(0, &mut out);
         assert_eq!(
             &out, b"kept",
             "the part inside the file is still the file's"
@@ -404,7 +502,7 @@ mod tests {
         let mut m = Mapping::map_file(std::os::fd::AsFd::as_fd(&fd), 0, 3 * page, true).unwrap();
         let base = m.as_ptr() as usize;
         assert_eq!(ranges_of("qsm-keep-test"), [(base, base + 3 * page)]);
-        m.write_from(2 * page, b"kept");
+        m.copy_in(2 * page, b"kept");
         m.keep_mapped_from(2 * page + 100); // rounded down to the page
         drop(m);
         let kept = base + 2 * page;

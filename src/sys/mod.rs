@@ -16,7 +16,8 @@ pub mod namedsem;
 pub mod posix;
 pub mod process;
 pub mod procfs;
-mod sigbus;
+pub mod published;
+pub(crate) mod sigbus;
 pub mod sysv;
 
 pub use cvt::{strerror, Errno, SysResult};

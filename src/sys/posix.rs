@@ -309,6 +309,36 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<bool> {
     }
 }
 
+/// `fchmod(fd, mode)`: exact permission bits (the umask applied when the file was made does not
+/// apply to this).
+pub fn set_mode(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    // SAFETY: valid descriptor, plain integer argument.
+    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o7777) }).map(drop)
+}
+
+/// `fchown(fd, -1, group)`: the file's group (the caller must be a member, or root).
+pub fn set_group(fd: BorrowedFd<'_>, group: u32) -> SysResult<()> {
+    // SAFETY: valid descriptor, plain integer arguments; -1 keeps the owner.
+    cvt(unsafe { libc::fchown(fd.as_raw_fd(), u32::MAX, group) }).map(drop)
+}
+
+/// Whether the file system holding `/dev/shm` has no inode left (creating a file there fails
+/// with `ENOSPC` then, however much space is free).
+#[must_use]
+pub fn shm_out_of_inodes() -> bool {
+    let Ok(path) = c_string(SHM_DIR) else {
+        return false;
+    };
+    let mut vfs = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid C string and `vfs` is valid for writes of a `struct statvfs`.
+    if unsafe { libc::statvfs(path.as_ptr(), vfs.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: statvfs succeeded, so it initialised the whole struct.
+    let vfs = unsafe { vfs.assume_init() };
+    vfs.f_files > 0 && vfs.f_favail == 0
+}
+
 /// Free and total bytes of the file system holding `/dev/shm`.
 pub fn shm_space() -> SysResult<(u64, u64)> {
     let path = c_string(SHM_DIR)?;

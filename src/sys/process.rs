@@ -1,6 +1,5 @@
 //! Processes and threads: pids, liveness, the calling thread's id, and fork detection.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::Once;
 
@@ -26,33 +25,53 @@ pub fn pid() -> i32 {
 }
 
 thread_local! {
-    /// The calling thread's id and the fork generation it was read in (0: not read yet).
-    static THREAD_ID: Cell<(u64, i32)> = const { Cell::new((0, 0)) };
+    /// The calling thread's token; see [`thread_token`].
+    static THREAD_TOKEN: ThreadToken = ThreadToken::new();
 }
 
-/// The calling thread's kernel thread id (`gettid`).
-///
-/// Cached per thread (the lock records it on every acquisition); a fork gives the child's
-/// thread a new id, so the cache is keyed by the fork generation.
+/// A cheap identity of the calling thread, for "is this the thread that took it?" checks on
+/// hot paths: `pthread_self()`, one load from the thread's control block. Unique among the
+/// threads alive at any moment (a new thread may reuse an ended one's).
 #[must_use]
-pub fn thread_id() -> i32 {
-    let generation = fork_generation();
-    THREAD_ID
-        .try_with(|cache| match cache.get() {
-            (cached_generation, tid) if tid != 0 && cached_generation == generation => tid,
-            _ => {
-                let tid = gettid();
-                cache.set((generation, tid));
-                tid
-            }
-        })
-        // During thread teardown the cache is gone; ask the kernel.
-        .unwrap_or_else(|_| gettid())
+#[inline]
+pub fn thread_self() -> usize {
+    // SAFETY: pthread_self has no preconditions.
+    unsafe { libc::pthread_self() as usize }
 }
 
-fn gettid() -> i32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
+/// A number that no other thread of this process ever had (unlike thread ids, which the
+/// kernel and the C library reuse), with a notice when its thread ends: see
+/// [`set_thread_exit_hook`].
+struct ThreadToken(u64);
+
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+static THREAD_EXIT_HOOK: std::sync::OnceLock<fn(u64)> = std::sync::OnceLock::new();
+
+impl ThreadToken {
+    fn new() -> Self {
+        Self(NEXT_TOKEN.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Drop for ThreadToken {
+    fn drop(&mut self) {
+        if let Some(hook) = THREAD_EXIT_HOOK.get() {
+            hook(self.0);
+        }
+    }
+}
+
+/// The calling thread's token: unique for the life of the process. 0 while the thread is
+/// ending (its token is gone then).
+#[must_use]
+pub fn thread_token() -> u64 {
+    THREAD_TOKEN.try_with(|token| token.0).unwrap_or(0)
+}
+
+/// Sets the function called with a thread's token when that thread ends (only for threads that
+/// asked for their token). Set once; later calls are ignored.
+pub fn set_thread_exit_hook(hook: fn(u64)) {
+    let _ = THREAD_EXIT_HOOK.set(hook);
 }
 
 /// The effective user id (`geteuid`).
@@ -93,6 +112,14 @@ pub fn fork_generation() -> u64 {
         // increment, which is allowed in a child after fork; the other handlers are NULL.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
+    FORK_GENERATION.load(Ordering::Relaxed)
+}
+
+/// [`fork_generation`] without making sure the fork handler is registered: for hot paths of
+/// objects that already called [`fork_generation`] (every handle does when it is made).
+#[inline]
+#[must_use]
+pub fn fork_generation_cached() -> u64 {
     FORK_GENERATION.load(Ordering::Relaxed)
 }
 
@@ -156,36 +183,33 @@ mod tests {
         assert!(!is_alive(0));
         assert!(!is_alive(-1));
         assert_eq!(fork_generation(), fork_generation());
-        assert!(thread_id() > 0);
     }
 
     #[test]
-    fn cached_ids_match_the_kernel() {
+    fn thread_identities_differ_between_threads_and_tokens_are_never_reused() {
         assert_eq!(pid(), pid());
         // SAFETY: getpid has no preconditions.
         assert_eq!(pid(), unsafe { libc::getpid() });
-        assert_eq!(thread_id(), gettid());
-        let main = thread_id();
-        let other = std::thread::spawn(|| (thread_id(), gettid()))
+        let (main_self, main_token) = (thread_self(), thread_token());
+        assert_eq!(thread_token(), main_token);
+        let other = std::thread::spawn(|| (thread_self(), thread_token()))
             .join()
             .unwrap();
-        assert_eq!(other.0, other.1);
-        assert_ne!(other.0, main);
+        assert_ne!(other.0, main_self);
+        assert_ne!(other.1, main_token);
+        let later = std::thread::spawn(thread_token).join().unwrap();
+        assert!(later != other.1 && later != main_token);
     }
 
     #[test]
-    fn a_forked_child_sees_its_own_ids() {
-        let (parent_pid, parent_tid) = (pid(), thread_id());
-        // SAFETY: the child only calls getpid/gettid, reads atomics and a thread-local that this
-        // thread already initialised, and leaves with _exit.
+    fn a_forked_child_sees_its_own_pid() {
+        let parent_pid = pid();
+        // SAFETY: the child only calls getpid, reads atomics, and leaves with _exit.
         let child = unsafe { libc::fork() };
         assert!(child >= 0);
         if child == 0 {
-            let ok = pid() != parent_pid
-                // SAFETY: getpid has no preconditions.
-                && pid() == unsafe { libc::getpid() }
-                && thread_id() != parent_tid
-                && thread_id() == gettid();
+            // SAFETY: getpid has no preconditions.
+            let ok = pid() != parent_pid && pid() == unsafe { libc::getpid() };
             // SAFETY: _exit ends the child without running the parent's destructors.
             unsafe { libc::_exit(if ok { 0 } else { 1 }) };
         }

@@ -37,6 +37,16 @@ impl FileId {
         }
     }
 
+    /// The identity of the file with device number `dev` and inode `ino`.
+    #[must_use]
+    pub fn of_dev(dev: u64, ino: u64) -> Self {
+        Self {
+            major: libc::major(dev),
+            minor: libc::minor(dev),
+            ino,
+        }
+    }
+
     /// Parses `/proc`'s `"<major hex>:<minor hex>"` device and a decimal inode.
     fn parse(device: &str, ino: &str) -> Option<Self> {
         let (major, minor) = device.split_once(':')?;

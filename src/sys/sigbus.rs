@@ -107,6 +107,17 @@ pub(crate) fn lost_pages(slot: usize) -> bool {
     TABLE[slot].lost.load(Ordering::Acquire)
 }
 
+/// How many times the handler replaced pages, in any range, since the process started: while
+/// it is 0 no mapping lost anything, which a hot path checks with one load instead of asking
+/// about each of its mappings.
+static EVER_LOST: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether the handler has never replaced pages in this process.
+#[inline]
+pub fn nothing_ever_lost() -> bool {
+    EVER_LOST.load(Ordering::Relaxed) == 0
+}
+
 fn write_range(slot: &Slot, start: usize, end: usize, prot: c_int) {
     slot.seq.fetch_add(1, Ordering::Relaxed);
     fence(Ordering::Release);
@@ -217,6 +228,7 @@ extern "C" fn on_sigbus(signal: c_int, info: *mut libc::siginfo_t, context: *mut
             unsafe { *libc::__errno_location() = errno };
             if mapped != libc::MAP_FAILED {
                 TABLE[slot].lost.store(true, Ordering::Release);
+                EVER_LOST.fetch_add(1, Ordering::Release);
                 // Returning re-executes the access, which now finds a zero page.
                 return;
             }

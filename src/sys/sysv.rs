@@ -92,10 +92,29 @@ pub fn ftok(path: &CString, project_id: u8) -> SysResult<IpcKey> {
     }
 }
 
-/// `shmget(key, size, flags)`.
-pub fn shm_get(key: IpcKey, size: usize, flags: i32) -> SysResult<i32> {
+fn shm_get(key: IpcKey, size: usize, flags: i32) -> SysResult<i32> {
     // SAFETY: plain integer arguments.
     cvt(unsafe { libc::shmget(key, size, flags) })
+}
+
+/// `shmget(key, size, permissions|IPC_CREAT|IPC_EXCL)`: a new segment, `EEXIST` if the key has
+/// one.
+pub fn shm_create(key: IpcKey, size: usize, permissions: u32) -> SysResult<i32> {
+    shm_get(
+        key,
+        size,
+        mode_bits(permissions) | libc::IPC_CREAT | libc::IPC_EXCL,
+    )
+}
+
+/// `shmget(key, 0, permissions)`: the existing segment of `key` (`ENOENT` if none), checked
+/// against `permissions` (Qt: 0600 to write, 0400 to read).
+pub fn shm_open(key: IpcKey, permissions: u32) -> SysResult<i32> {
+    shm_get(key, 0, mode_bits(permissions))
+}
+
+fn mode_bits(permissions: u32) -> i32 {
+    i32::try_from(permissions & 0o777).unwrap_or(0o600)
 }
 
 /// What `shmctl(IPC_STAT)` reports about a segment.
@@ -150,6 +169,18 @@ pub fn shm_stat(id: i32) -> SysResult<ShmStat> {
         mode: u32::from(ds.shm_perm.mode),
         key: ds.shm_perm.__key,
     })
+}
+
+/// `shmctl(id, IPC_SET)` with the segment's group changed to `group` (owner and mode kept).
+pub fn shm_set_group(id: i32, group: u32) -> SysResult<()> {
+    let mut ds = std::mem::MaybeUninit::<libc::shmid_ds>::uninit();
+    // SAFETY: `ds` is valid for writes of a `struct shmid_ds`.
+    cvt(unsafe { libc::shmctl(id, libc::IPC_STAT, ds.as_mut_ptr()) })?;
+    // SAFETY: IPC_STAT succeeded and filled the struct.
+    let mut ds = unsafe { ds.assume_init() };
+    ds.shm_perm.gid = group;
+    // SAFETY: IPC_SET reads uid, gid and mode from a valid, filled `struct shmid_ds`.
+    cvt(unsafe { libc::shmctl(id, libc::IPC_SET, &mut ds) }).map(drop)
 }
 
 /// `shmctl(id, IPC_RMID)`: the segment goes away when its last attachment does.
@@ -214,10 +245,24 @@ pub fn list_semaphore_sets() -> SysResult<Vec<SemSetEntry>> {
         .collect())
 }
 
-/// `semget(key, nsems, flags)`.
-pub fn sem_get(key: IpcKey, nsems: i32, flags: i32) -> SysResult<i32> {
+fn sem_get(key: IpcKey, nsems: i32, flags: i32) -> SysResult<i32> {
     // SAFETY: plain integer arguments.
     cvt(unsafe { libc::semget(key, nsems, flags) })
+}
+
+/// `semget(key, count, permissions|IPC_CREAT|IPC_EXCL)`: a new set (every value 0), `EEXIST`
+/// if the key has one.
+pub fn sem_create(key: IpcKey, count: i32, permissions: u32) -> SysResult<i32> {
+    sem_get(
+        key,
+        count,
+        mode_bits(permissions) | libc::IPC_CREAT | libc::IPC_EXCL,
+    )
+}
+
+/// `semget(key, 0, permissions)`: the existing set of `key`, `ENOENT` if none.
+pub fn sem_open(key: IpcKey, permissions: u32) -> SysResult<i32> {
+    sem_get(key, 0, mode_bits(permissions))
 }
 
 /// What `IPC_STAT` says about a semaphore set.
@@ -351,7 +396,7 @@ mod tests {
 
     #[test]
     fn semaphore_with_undo_round_trip() {
-        let id = sem_get(libc::IPC_PRIVATE, 2, 0o600 | libc::IPC_CREAT).unwrap();
+        let id = sem_create(libc::IPC_PRIVATE, 2, 0o600).unwrap();
         assert_eq!(sem_count(id).unwrap(), 2);
         sem_set_value(id, 0, 1).unwrap();
         let take = SemOp {
@@ -373,7 +418,7 @@ mod tests {
 
     #[test]
     fn private_segment_stat_and_remove() {
-        let id = shm_get(libc::IPC_PRIVATE, 1000, 0o600 | libc::IPC_CREAT).unwrap();
+        let id = shm_create(libc::IPC_PRIVATE, 1000, 0o600).unwrap();
         let st = shm_stat(id).unwrap();
         assert_eq!(st.size, 1000);
         assert_eq!(st.attached, 0);

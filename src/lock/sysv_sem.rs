@@ -1,30 +1,26 @@
-//! The two `QSystemSemaphore` backends on Linux, with Qt's semantics for opening, creating,
-//! acquiring and cleaning up: System V semaphore sets (`SEM_UNDO`, crash-safe) and POSIX named
-//! semaphores (not crash-safe; that is Qt's design).
+//! Qt's `QSystemSemaphore` backend for System V keys: a semaphore set found by
+//! `ftok(<key file>, <type>)`, every operation with `SEM_UNDO` (crash-safe), opened, created,
+//! taken over and cleaned up as Qt 6.12 does; plus the lock protocol of `QSharedMemory`'s System
+//! V locks, which adds owner-death detection to Qt's semaphore without changing what Qt sees.
 //!
-//! `QSharedMemory`'s lock is a semaphore of one of these kinds (see [`crate::lock`]); so is the
-//! public `QSystemSemaphore`.
+//! Owner death: sets that qsharedmem creates for a lock have a second semaphore, a "consistent"
+//! token (value 1). A qsharedmem locker takes semaphore 0 *with* `SEM_UNDO` and the token
+//! *without* it, atomically, and gives both back on unlock. If the holder dies, the kernel
+//! returns semaphore 0 but the token stays taken; the next locker finds the lock free and the
+//! token missing, takes the lock alone, reports that the owner died, and restores the token
+//! when it unlocks. Qt only ever touches semaphore 0, so it interoperates unchanged.
 
 use std::ffi::CString;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use super::{held, Acquired, LockFailure, SemMode};
 use crate::error::{SemaphoreError, SemaphoreErrorKind};
-use crate::sys::namedsem::{self, NamedSemaphore, OpenMode};
 use crate::sys::sysv::{self, SemOp};
 use crate::sys::Errno;
 use crate::testpoint;
-
-/// How to open a semaphore, as `QSystemSemaphore::AccessMode` plus our safer variant.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum SemMode {
-    /// `QSystemSemaphore::Open`: use an existing semaphore, or create one with the initial value.
-    Open,
-    /// `QSystemSemaphore::Create`: take ownership; an existing System V semaphore is reset to the
-    /// initial value, an existing POSIX one is unlinked and replaced (Qt's takeover).
-    Create,
-}
+use crate::wait::WAIT_SLICE;
 
 /// System V semaphore sets that qsharedmem creates for `QSharedMemory` locks have this many
 /// semaphores: number 0 is Qt's lock, number 1 is a "consistent" token that a holder takes
@@ -43,18 +39,30 @@ pub(crate) struct SysVSemaphore {
     key_file: CString,
     project_id: u8,
     initial_value: i32,
-    /// Size of the set when we create it (1 for plain `QSystemSemaphore`s, 2 for locks).
+    /// Size of the set when we create it ([`COUNTER_SET_SIZE`] or [`LOCK_SET_SIZE`]).
     create_size: i32,
+    /// Permission bits of the set (and key file) when we create them (Qt: 0600).
+    permissions: u32,
     semid: AtomicI32,
     /// How many semaphores the open set has (a set Qt created has 1).
     size: AtomicI32,
     created_file: AtomicBool,
     created_semaphore: AtomicBool,
     reopen: Mutex<()>,
+    /// Whether an operation that finds the set removed opens (or re-creates) it again, as Qt
+    /// does; not for an inspector's look at an existing set.
+    recreate: bool,
+}
+
+/// Why one attempt to open a set did not give a usable set.
+enum Retry {
+    /// The set was removed between finding it and initialising it.
+    Removed,
+    Failed(SemaphoreError),
 }
 
 fn sem_err(function: &str, errno: Errno) -> SemaphoreError {
-    SemaphoreError::from_errno(function, errno.raw())
+    SemaphoreError::from_errno(function, errno)
 }
 
 impl SysVSemaphore {
@@ -67,6 +75,7 @@ impl SysVSemaphore {
         initial_value: i32,
         create_size: i32,
         mode: SemMode,
+        permissions: u32,
     ) -> Result<Self, SemaphoreError> {
         if native_key.is_empty() {
             return Err(SemaphoreError::new(
@@ -86,19 +95,45 @@ impl SysVSemaphore {
             project_id,
             initial_value,
             create_size,
+            permissions,
             semid: AtomicI32::new(-1),
             size: AtomicI32::new(0),
             created_file: AtomicBool::new(false),
             created_semaphore: AtomicBool::new(false),
             reopen: Mutex::new(()),
+            recreate: true,
         };
         if let Err(e) = sem.handle(mode) {
             // Qt keeps a failed object around and cleans it up when it is destroyed; this one
             // is dropped now, so a key file it created (before ftok or semget failed) goes now.
-            sem.clean_handle();
+            let _ = sem.clean_handle();
             return Err(e);
         }
         Ok(sem)
+    }
+
+    /// The existing set with the IPC key `key`, for inspection tools: nothing is created, and
+    /// nothing is owned (dropping it removes nothing). `native_key` names it (its key file,
+    /// when known).
+    pub(crate) fn existing(native_key: &str, key: sysv::IpcKey) -> Option<Self> {
+        let id = sysv::sem_open(key, 0).ok()?;
+        let size = sysv::sem_count(id)
+            .ok()
+            .and_then(|n| i32::try_from(n).ok())?;
+        Some(Self {
+            native_key: native_key.to_owned(),
+            key_file: sysv::key_path(native_key).unwrap_or_default(),
+            project_id: (key as u32 >> 24) as u8,
+            initial_value: 1,
+            create_size: LOCK_SET_SIZE,
+            permissions: 0o600,
+            semid: AtomicI32::new(id),
+            size: AtomicI32::new(size),
+            created_file: AtomicBool::new(false),
+            created_semaphore: AtomicBool::new(false),
+            reopen: Mutex::new(()),
+            recreate: false,
+        })
     }
 
     /// Qt's key file, `ftok` and `semget`: the set's id and whether this call created it.
@@ -138,10 +173,9 @@ impl SysVSemaphore {
                 Err(_) => return Err(ftok_failed()),
             };
             testpoint::step("lock-set:keyed");
-            let flags = 0o600 | libc::IPC_CREAT | libc::IPC_EXCL;
-            let (id, created) = match sysv::sem_get(key, self.create_size, flags) {
+            let (id, created) = match sysv::sem_create(key, self.create_size, self.permissions) {
                 Ok(id) => (id, true),
-                Err(Errno::EEXIST) => match sysv::sem_get(key, 0, 0o600) {
+                Err(Errno::EEXIST) => match sysv::sem_open(key, 0o600) {
                     Ok(id) => (id, false),
                     Err(Errno::ENOENT) => continue,
                     Err(e) => return Err(self.fail_handle(e)),
@@ -177,11 +211,37 @@ impl SysVSemaphore {
     }
 
     fn handle(&self, mode: SemMode) -> Result<i32, SemaphoreError> {
-        let (id, created) = self.open_or_create_set()?;
+        // The set found can be removed before it is initialised (its last user retired it):
+        // that is a race with another process's progress, not a failure, so open again.
+        let mut attempts = 0;
+        loop {
+            match self.handle_once(mode) {
+                Err(Retry::Removed) if attempts < 100 => attempts += 1,
+                Err(Retry::Removed) => {
+                    return Err(self.fail_handle(Errno::EIDRM));
+                }
+                Err(Retry::Failed(e)) => return Err(e),
+                Ok(id) => return Ok(id),
+            }
+        }
+    }
+
+    fn handle_once(&self, mode: SemMode) -> Result<i32, Retry> {
+        let (id, created) = self.open_or_create_set().map_err(Retry::Failed)?;
+        let removed = |e: Errno| -> Retry {
+            if matches!(e, Errno::EIDRM | Errno::EINVAL) {
+                Retry::Removed
+            } else {
+                Retry::Failed(self.fail_handle(e))
+            }
+        };
         let size = if created {
             self.create_size
         } else {
-            sysv::sem_count(id).map_or(1, |n| i32::try_from(n).unwrap_or(1))
+            match sysv::sem_count(id) {
+                Ok(n) => i32::try_from(n).unwrap_or(1),
+                Err(e) => return Err(removed(e)),
+            }
         };
         if created {
             // "Force cleanup of file, it is possible that it can be left over from a crash."
@@ -196,12 +256,12 @@ impl SysVSemaphore {
             // initial value a second time.
             if let Some(flag) = self.initialised_flag(size) {
                 if let Err(e) = sysv::sem_set_value(id, i32::from(flag), 1) {
-                    return Err(self.fail_handle(e));
+                    return Err(removed(e));
                 }
             }
             if self.initial_value >= 0 {
                 if let Err(e) = sysv::sem_set_value(id, 0, self.initial_value) {
-                    return Err(self.fail_handle(e));
+                    return Err(removed(e));
                 }
             }
         } else if let Err(e) = {
@@ -210,7 +270,7 @@ impl SysVSemaphore {
             }
             self.initialise(id, size, created)
         } {
-            return Err(self.fail_handle(e));
+            return Err(removed(e));
         }
         self.size.store(size, Ordering::Relaxed);
         self.semid.store(id, Ordering::Release);
@@ -303,7 +363,7 @@ impl SysVSemaphore {
     }
 
     fn fail_handle(&self, errno: Errno) -> SemaphoreError {
-        self.clean_handle();
+        let _ = self.clean_handle();
         sem_err("QSystemSemaphore::handle", errno)
     }
 
@@ -320,6 +380,9 @@ impl SysVSemaphore {
         let id = self.semid.load(Ordering::Acquire);
         if id >= 0 {
             return Ok(id);
+        }
+        if !self.recreate {
+            return Err(sem_err("QSystemSemaphore::handle", Errno::EIDRM));
         }
         self.handle(SemMode::Open)
     }
@@ -458,7 +521,7 @@ impl SysVSemaphore {
 
     /// Qt's `cleanHandle()`: unlinks the key file if this object created it and removes the set
     /// if this object created it (or opened it in `Create` mode).
-    pub(crate) fn clean_handle(&self) {
+    pub(crate) fn clean_handle(&self) -> Result<(), SemaphoreError> {
         let id = self.semid.swap(-1, Ordering::AcqRel);
         let remove_set = self.created_semaphore.swap(false, Ordering::Relaxed) && id >= 0;
         if remove_set {
@@ -468,9 +531,12 @@ impl SysVSemaphore {
             let _ = sysv::remove_key_file(&self.key_file);
         }
         if remove_set {
-            let _ = sysv::sem_remove(id);
+            let removed = sysv::sem_remove(id);
             remove_abandoned_sets();
+            // Qt reports a set that another of its creators removed first (`EINVAL`).
+            removed.map_err(|e| sem_err("QSystemSemaphore::cleanHandle", e))?;
         }
+        Ok(())
     }
 
     /// Removes the set and its key file, whoever created them (the last user of a shared memory
@@ -580,122 +646,166 @@ pub(crate) fn remove_abandoned_sets() {
     }
 }
 
-/// glibc's `SEM_VALUE_MAX` (`INT_MAX`): `sem_post` fails with `EOVERFLOW` beyond it.
-const SEM_VALUE_MAX: u32 = i32::MAX as u32;
+// ---------------------------------------------------------------------------------------------
+// The lock protocol of QSharedMemory's System V locks.
 
-/// A POSIX named semaphore used the way Qt's `QSystemSemaphorePrivate` (posix) uses it.
-#[derive(Debug)]
-pub(crate) struct PosixSemaphore {
-    name: String,
-    sem: NamedSemaphore,
-    created: AtomicBool,
+const TAKE_LOCK: SemOp = SemOp {
+    num: 0,
+    delta: -1,
+    undo: true,
+    no_wait: false,
+};
+const TAKE_TOKEN: SemOp = SemOp {
+    num: 1,
+    delta: -1,
+    undo: false,
+    no_wait: true,
+};
+const TOKEN_MISSING: SemOp = SemOp {
+    num: 1,
+    delta: 0,
+    undo: false,
+    no_wait: true,
+};
+const GIVE_TOKEN: SemOp = SemOp {
+    num: 1,
+    delta: 1,
+    undo: false,
+    no_wait: false,
+};
+const GIVE_LOCK: SemOp = SemOp {
+    num: 0,
+    delta: 1,
+    undo: true,
+    no_wait: false,
+};
+
+fn nowait(op: SemOp) -> SemOp {
+    SemOp {
+        no_wait: true,
+        ..op
+    }
 }
 
-impl PosixSemaphore {
-    /// Qt's `handle(mode)` for a POSIX key.
-    pub(crate) fn open(
-        name: &str,
-        initial_value: u32,
-        mode: SemMode,
-    ) -> Result<Self, SemaphoreError> {
-        if name.is_empty() {
-            return Err(SemaphoreError::new(
-                SemaphoreErrorKind::KeyError,
-                "QSystemSemaphore::handle: key is empty",
-            ));
+/// Errors of a lock attempt that mean "not this time": the lock is busy (`EAGAIN`), a signal
+/// arrived (`EINTR`), the set was replaced by one without a token (`EFBIG`), or it was removed
+/// under us again and again while we waited (`EIDRM`, `EINVAL`: the last user of a segment
+/// removes its lock, and the next attempt re-creates it, as Qt does). The caller tries again in
+/// its next wait slice, where its timeout and interrupt checks run.
+fn retry_later(errno: Errno) -> bool {
+    matches!(
+        errno,
+        Errno::EAGAIN | Errno::EINTR | Errno::EFBIG | Errno::EIDRM | Errno::EINVAL
+    )
+}
+
+impl SysVSemaphore {
+    /// One attempt to take the lock, waiting at most `wait` (`None`: not at all): `Ok(None)` if
+    /// it stayed busy. Takes the token too where the set has one; a free lock whose token is
+    /// missing was held by a process that died, and is taken as [`Acquired::OwnerDied`].
+    pub(crate) fn lock_attempt(
+        &self,
+        wait: Option<Duration>,
+    ) -> Result<Option<Acquired>, LockFailure> {
+        let take = if wait.is_some() {
+            TAKE_LOCK
+        } else {
+            nowait(TAKE_LOCK)
+        };
+        let got = if self.has_consistency_token() {
+            match self.operate(&[take, TAKE_TOKEN], wait) {
+                Ok(()) => Ok(Some(Acquired::Locked)),
+                // EAGAIN: timed out, lock busy, or the token is missing; EFBIG: the set was
+                // replaced by one without a token. Either way, look for a dead holder next.
+                Err(e) if retry_later(e) => self.try_recover(),
+                Err(e) => Err(LockFailure::Os(e)),
+            }
+        } else {
+            match self.operate(&[take], wait) {
+                Ok(()) => Ok(Some(Acquired::Locked)),
+                Err(e) if retry_later(e) => Ok(None),
+                Err(e) => Err(LockFailure::Os(e)),
+            }
+        };
+        if wait.is_some() && matches!(got, Ok(None)) {
+            // Held for a whole slice: perhaps by nobody, in a set whose creator died.
+            self.repair_if_left_uninitialised();
         }
-        let max_tries = if mode == SemMode::Create { 3 } else { 2 };
-        let mut exclusive = true;
-        let mut last = Errno::EEXIST;
-        for _ in 0..max_tries {
-            let how = if exclusive {
-                OpenMode::CreateNew {
-                    mode: 0o600,
-                    value: initial_value,
+        got
+    }
+
+    /// Takes the lock whose holder died: semaphore 0 is free and the token is missing.
+    fn try_recover(&self) -> Result<Option<Acquired>, LockFailure> {
+        match self.operate(&[nowait(TAKE_LOCK), TOKEN_MISSING], None) {
+            Ok(()) => Ok(Some(Acquired::OwnerDied)),
+            Err(e) if retry_later(e) => Ok(None),
+            Err(e) => Err(LockFailure::Os(e)),
+        }
+    }
+
+    /// What gives the lock back: the lock and the consistent token (the one taken, or the one
+    /// a dead holder's recovery restores), or the lock alone if the set has no token or a
+    /// death taken over (`keep_death`) must stay for the next lock() to report.
+    fn give_back_ops(&self, keep_death: bool) -> &'static [SemOp] {
+        if self.has_consistency_token() && !keep_death {
+            &[GIVE_TOKEN, GIVE_LOCK]
+        } else {
+            &[GIVE_LOCK]
+        }
+    }
+
+    /// Gives the lock back (after a recovery too: the death was reported, the lock is
+    /// consistent again). With `keep_death`, a death taken over stays for the next locker to
+    /// report (the lock was taken for an internal operation, nobody was told).
+    pub(crate) fn unlock(&self, keep_death: bool) -> Result<(), Errno> {
+        match self.operate(self.give_back_ops(keep_death), None) {
+            // The set was replaced by one without a token meanwhile.
+            Err(Errno::EFBIG) => self.operate(&[GIVE_LOCK], None),
+            other => other,
+        }
+    }
+
+    /// Takes the lock for a cleanup decision (is this the last detacher?), waiting at most
+    /// `wait`: `Ok(None)` if it stayed busy; otherwise whether the previous holder died. Like
+    /// every user of the lock it re-creates a set that was removed (its creator may have gone
+    /// while the segment lives on); the caller removes what it re-created if the segment turns
+    /// out to be gone. Release it with [`Self::unlock_after_cleanup`].
+    pub(crate) fn lock_for_cleanup(&self, wait: Duration) -> Result<Option<bool>, Errno> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .min(WAIT_SLICE);
+            let slice = (!left.is_zero()).then_some(left);
+            if held::take_over_ended(held::Identity::SysV(self.native_key())) {
+                // Held by a thread of this process that ended: ours now, its death kept.
+                return Ok(Some(true));
+            }
+            match self.lock_attempt(slice) {
+                Ok(Some(got)) => {
+                    held::mark_held(held::Identity::SysV(self.native_key()));
+                    return Ok(Some(got == Acquired::OwnerDied));
                 }
-            } else {
-                OpenMode::Existing
-            };
-            match NamedSemaphore::open(name, how) {
-                Ok(sem) => {
-                    return Ok(Self {
-                        name: name.to_owned(),
-                        sem,
-                        created: AtomicBool::new(exclusive),
-                    });
-                }
-                Err(Errno::EEXIST) if mode == SemMode::Create => {
-                    if let Err(e) = namedsem::unlink(name) {
-                        if e.raw() != libc::ENOENT {
-                            return Err(sem_err("QSystemSemaphore::handle (sem_unlink)", e));
-                        }
-                    }
-                    last = Errno::EEXIST;
-                }
-                Err(Errno::EEXIST) => {
-                    exclusive = false;
-                    last = Errno::EEXIST;
-                }
-                Err(Errno::ENOENT) if !exclusive => {
-                    // Unlinked between our two attempts: create it after all.
-                    exclusive = true;
-                    last = Errno::ENOENT;
-                }
-                Err(e) => return Err(sem_err("QSystemSemaphore::handle", e)),
+                Ok(None) if Instant::now() >= deadline => return Ok(None),
+                Ok(None) => {}
+                Err(LockFailure::Os(e)) => return Err(e),
+                Err(_) => return Ok(None),
             }
         }
-        Err(sem_err("QSystemSemaphore::handle", last))
     }
 
-    /// The open semaphore.
-    pub(crate) fn semaphore(&self) -> &NamedSemaphore {
-        &self.sem
-    }
-
-    /// The name passed to `sem_open`.
-    pub(crate) fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Whether this object created the named semaphore (then, by Qt's rules, it unlinks it).
-    pub(crate) fn owns_semaphore(&self) -> bool {
-        self.created.load(Ordering::Relaxed)
-    }
-
-    /// Qt's `release(n)` for POSIX (`modifySemaphore(n)`): `sem_post` `n` times; if one fails,
-    /// the posts already done are taken back and the error returned (Qt takes them back with
-    /// a blocking `sem_wait`; here `sem_trywait`, so that a rollback racing with other
-    /// processes' acquires cannot hang). A release
-    /// that would take the value past `SEM_VALUE_MAX` is refused up front with `EOVERFLOW`
-    /// (Qt gets there by posting up to the maximum and rolling back: the same outcome, without
-    /// billions of system calls).
-    pub(crate) fn release(&self, n: u32) -> Result<(), Errno> {
-        let current = u32::try_from(self.sem.value()?).unwrap_or(0);
-        if u64::from(current) + u64::from(n) > u64::from(SEM_VALUE_MAX) {
-            return Err(Errno::EOVERFLOW);
+    /// Releases a lock taken by [`Self::lock_for_cleanup`] (unless the cleanup removed it). A
+    /// death taken over stays for the next lock() to report.
+    pub(crate) fn unlock_after_cleanup(&self, recovered: bool) {
+        if self.is_open() {
+            let _ = self.operate_existing(self.give_back_ops(recovered), None);
         }
-        for done in 0..n {
-            if let Err(e) = self.sem.post() {
-                for _ in 0..done {
-                    let _ = self.sem.try_wait();
-                }
-                return Err(e);
-            }
-        }
-        Ok(())
+        held::mark_released(held::Identity::SysV(self.native_key()));
     }
 
-    /// The current value (`sem_getvalue`).
-    #[cfg(test)]
-    pub(crate) fn value(&self) -> Result<i32, Errno> {
-        self.sem.value()
-    }
-
-    /// Qt's `cleanHandle()` on the name: unlinks it if this object created it.
-    pub(crate) fn clean_handle(&self) {
-        if self.created.swap(false, Ordering::Relaxed) {
-            let _ = namedsem::unlink(&self.name);
-        }
+    /// Whether the calling thread holds this lock (through any handle of this process).
+    pub(crate) fn held_by_current_thread(&self) -> bool {
+        held::is_held(held::Identity::SysV(self.native_key()))
     }
 }
 
@@ -713,18 +823,19 @@ mod tests {
     #[test]
     fn sysv_open_creates_set_and_clean_handle_removes_it() {
         let key = temp_key("sysv");
-        let sem = SysVSemaphore::open(&key, 0x51, 1, LOCK_SET_SIZE, SemMode::Open).unwrap();
+        let sem = SysVSemaphore::open(&key, 0x51, 1, LOCK_SET_SIZE, SemMode::Open, 0o600).unwrap();
         assert!(sem.has_consistency_token());
         let id = sem.id().unwrap();
         assert_eq!(sysv::sem_value(id, 0).unwrap(), 1);
         assert_eq!(sysv::sem_value(id, 1).unwrap(), 1);
         // A second opener sees the same set and does not own it.
-        let other = SysVSemaphore::open(&key, 0x51, 1, LOCK_SET_SIZE, SemMode::Open).unwrap();
+        let other =
+            SysVSemaphore::open(&key, 0x51, 1, LOCK_SET_SIZE, SemMode::Open, 0o600).unwrap();
         assert_eq!(other.id().unwrap(), id);
         assert!(!other.owns_semaphore());
-        other.clean_handle();
+        other.clean_handle().unwrap();
         assert_eq!(sysv::sem_value(id, 0).unwrap(), 1);
-        sem.clean_handle();
+        sem.clean_handle().unwrap();
         assert!(sysv::sem_value(id, 0).is_err());
         assert!(!sysv::key_file_exists(&sysv::key_path(&key).unwrap()));
     }
@@ -732,7 +843,7 @@ mod tests {
     #[test]
     fn sysv_operation_recreates_a_removed_set() {
         let key = temp_key("recreate");
-        let sem = SysVSemaphore::open(&key, 0x51, 1, 1, SemMode::Open).unwrap();
+        let sem = SysVSemaphore::open(&key, 0x51, 1, 1, SemMode::Open, 0o600).unwrap();
         let first = sem.id().unwrap();
         sysv::sem_remove(first).unwrap();
         let take = SemOp {
@@ -748,32 +859,11 @@ mod tests {
 
     #[test]
     fn sysv_empty_key_and_missing_directory_errors_are_qts() {
-        let e = SysVSemaphore::open("", 0x51, 1, 1, SemMode::Open).unwrap_err();
+        let e = SysVSemaphore::open("", 0x51, 1, 1, SemMode::Open, 0o600).unwrap_err();
         assert_eq!(e.message(), "QSystemSemaphore::handle:: key is empty");
-        let e =
-            SysVSemaphore::open("/nonexistent-dir-qsm/x", 0x51, 1, 1, SemMode::Open).unwrap_err();
+        let e = SysVSemaphore::open("/nonexistent-dir-qsm/x", 0x51, 1, 1, SemMode::Open, 0o600)
+            .unwrap_err();
         assert_eq!(e.kind(), SemaphoreErrorKind::KeyError);
         assert_eq!(e.message(), "QSystemSemaphore::handle:: unable to make key");
-    }
-
-    #[test]
-    fn posix_open_and_create_follow_qt() {
-        let name = format!("/qsm-semaphore-test-{}", std::process::id());
-        let first = PosixSemaphore::open(&name, 1, SemMode::Open).unwrap();
-        assert!(first.owns_semaphore());
-        let second = PosixSemaphore::open(&name, 1, SemMode::Open).unwrap();
-        assert!(!second.owns_semaphore());
-        first.semaphore().try_wait().unwrap();
-        assert_eq!(second.semaphore().value().unwrap(), 0);
-        first.clean_handle();
-        drop(second);
-        assert_eq!(namedsem::unlink(&name), Err(Errno::ENOENT));
-        let e = PosixSemaphore::open("/a/b", 1, SemMode::Open).unwrap_err();
-        assert_eq!(
-            e.message(),
-            "QSystemSemaphore::handle: unknown error: Invalid argument"
-        );
-        let e = PosixSemaphore::open("", 1, SemMode::Open).unwrap_err();
-        assert_eq!(e.message(), "QSystemSemaphore::handle: key is empty");
     }
 }
