@@ -51,8 +51,12 @@ pub fn thread_id() -> i32 {
 }
 
 fn gettid() -> i32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() }
+    // Through syscall(2), not libc::gettid: glibc exports gettid only since 2.30, and the wheel
+    // is built for manylinux_2_17, where the unversioned reference would fail at import.
+    // SAFETY: SYS_gettid takes no arguments, has no preconditions and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    // A thread id is a pid_t, which the kernel returns widened to a long.
+    tid as i32
 }
 
 /// The effective user id (`geteuid`).
