@@ -70,7 +70,7 @@ $(DIST_STAMP): $(PIP_STAMP) pyproject.toml
 
 # maturin's own progress lines go to a log, shown only if the build fails.
 $(EXT): $(BUILD_STAMP) $(SOURCES)
-	$(call step,building the extension into $(VENV) (cargo --release; a minute or two the first time))
+	$(call step,building the extension into $(VENV) (cargo build --release; the first build is the slow one))
 	@VIRTUAL_ENV=$(abspath $(VENV)) PATH=$(abspath $(VENV))/bin:$$PATH \
 	    $(VENV)/bin/maturin develop --release --quiet >$(VENV)/build.log 2>&1 \
 	    || { cat $(VENV)/build.log; exit 1; }
@@ -87,7 +87,7 @@ test-python: $(EXT) $(TEST_STAMP)  ## the Python test suite against the built ex
 	$(PY) -m pytest -q
 
 demo: $(EXT)  ## the multi-process demonstration (DEMO_ARGS="--key-type systemv" for System V)
-	$(call step,running python -m qsharedmem.demo $(DEMO_ARGS))
+	$(call step,running $(strip python -m qsharedmem.demo $(DEMO_ARGS)))
 	@$(PY) -m qsharedmem.demo $(DEMO_ARGS)
 
 # The release artefacts: an abi3 wheel for CPython 3.11+ on glibc 2.17+, linked by zig against
