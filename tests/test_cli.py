@@ -434,6 +434,83 @@ def test_info_accepts_every_key_form_and_previews_the_data(
     assert make_key.leftovers(name) == []
 
 
+def test_a_plain_key_names_its_legacy_system_v_segment_in_every_command(
+    procs: ChildProcesses, make_key: KeyRegistry
+) -> None:
+    """``QSharedMemory("k1")``: its key file keeps only a hash of ``k1``, so a glob over the
+    segment's names cannot find it; ``--match k1`` resolves the key as ``info k1`` does."""
+    keys = Keys("systemv-legacy", make_key("k1"))
+    make_key.record(keys.key)
+    assert keys.name not in keys.key.nativeKey()  # only the hash is in the key file's name
+    holder = hold(procs, "qsharedmem", "create", keys.arg, 64)
+
+    info = run_cli(procs, "info", keys.name, "--json", "--bytes", "0")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["id"] == keys.id
+    listed = run_cli(procs, "ls", "--json", "--match", keys.name)
+    assert listed.returncode == 0, listed.stderr
+    assert [s["id"] for s in json.loads(listed.stdout)] == [keys.id]
+    table = run_cli(procs, "ls", "--match", keys.name)
+    assert table_row(table.stdout, keys.id)[-1] == "in-use"
+    rm = run_cli(procs, "rm", keys.name)  # found, and refused: the holder is attached
+    assert rm.returncode == cli.EXIT_IN_USE, rm.stderr
+    assert f"attached by pid {holder.pid}" in rm.stderr
+    # A glob that is no key, next to the key, still matches by name as before.
+    both = run_cli(procs, "ls", "--json", "--match", keys.name, "--match", "qipc_nothing*")
+    assert [s["id"] for s in json.loads(both.stdout)] == [keys.id]
+
+    holder.kill()
+    orphan = ls_json(procs, keys.name)
+    assert list(orphan) == [keys.id] and orphan[keys.id]["orphan"] is True
+    dry = run_cli(procs, "gc", "--dry-run", "--match", keys.name)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.startswith(f"would remove {keys.id} ("), dry.stdout
+    assert len(dry.stdout.splitlines()) == 1
+    gc = run_cli(procs, "gc", "--match", keys.name)
+    assert gc.returncode == 0, gc.stderr
+    assert gc.stdout.startswith(f"removed {keys.id}: "), gc.stdout
+    assert run_cli(procs, "info", keys.name).returncode == cli.EXIT_NOT_FOUND
+    assert make_key.leftovers(keys.name) == []
+
+
+def test_a_corrupt_creation_time_is_shown_as_such_by_every_command(
+    procs: ChildProcesses, make_key: KeyRegistry
+) -> None:
+    """A foreign POSIX segment's creation time is its file's mtime: set it to year 33658."""
+    name = make_key("badtime")
+    path = DEV_SHM / name
+    path.write_bytes(b"x" * 100)
+    absurd = 10**12  # seconds since 1970: beyond any date Python can show
+    os.utime(path, ns=(absurd * 10**9, absurd * 10**9))
+    segment_id = f"posix:/{name}"
+    try:
+        segment = ls_json(procs, segment_id)[segment_id]
+        assert segment["created"] == absurd
+
+        info = run_cli(procs, "info", segment_id)
+        assert info.returncode == 0, info.stderr
+        assert "Traceback" not in info.stderr
+        fields = dict(line.split(":", 1) for line in info.stdout.splitlines() if ":  " in line)
+        assert fields["created"].strip() == f"corrupt ({absurd} seconds since 1970 is no date)"
+        assert fields["size"].strip() == "100 bytes"  # the lines after it are there too
+        assert "78 78 78" in info.stdout  # and the preview
+
+        table = run_cli(procs, "ls", "--match", segment_id)
+        assert table.returncode == 0, table.stderr
+        assert table_row(table.stdout, segment_id)[-2] == "corrupt"  # AGE
+
+        dry = run_cli(procs, "gc", "--dry-run", "--match", segment_id)
+        assert dry.returncode == 0, dry.stderr
+        assert f"would remove {segment_id} (" in dry.stdout
+        assert "age corrupt" in dry.stdout
+
+        rm = run_cli(procs, "rm", segment_id)
+        assert rm.returncode == 0, rm.stderr
+        assert not path.exists()
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def test_json_and_table_agree(procs: ChildProcesses, make_key: KeyRegistry) -> None:
     handles = []
     ids = []

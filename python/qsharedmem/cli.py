@@ -153,9 +153,21 @@ examples:
 # Formatting
 
 
+def _date(created: float) -> str | None:
+    """A creation time as a local date, or None if it is not a date at all (corrupt)."""
+    try:
+        return datetime.datetime.fromtimestamp(created).isoformat(sep=" ", timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 def _age(created: float | None, now: float) -> str:
     if created is None:
         return "-"
+    if _date(created) is None:
+        return "corrupt"
+    if created > now + 1:  # a clock step, or a recorded time that is wrong
+        return "future"
     seconds = max(0, int(now - created))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
@@ -244,10 +256,21 @@ def _exit_code_for(error: OSError) -> int:
     return EXIT_FAILURE
 
 
-def _matcher(patterns: Sequence[str] | None) -> Callable[[_SegmentDict], bool]:
-    """A predicate: does a segment's id, native key, file name or Qt key match a glob?"""
+def _matcher(patterns: Sequence[str] | None, all_users: bool) -> Callable[[_SegmentDict], bool]:
+    """A predicate: does a segment's id, native key, file name or Qt key match a glob, or does
+    a pattern name the segment as a key, the way ``info`` and ``rm`` resolve one?
+
+    The second half is what finds a legacy System V segment by the key the user typed
+    (``QSharedMemory("k1")``): its key file keeps only a hash of the key, so no glob over its
+    names can match ``k1``.
+    """
     if not patterns:
         return lambda segment: True
+    named = {
+        segment["id"]
+        for pattern in patterns
+        for segment in _qsharedmem.find_segments(pattern, all_users=all_users)
+    }
 
     def names(segment: _SegmentDict) -> list[str]:
         found = [segment["id"], segment["native_key"]]
@@ -260,6 +283,8 @@ def _matcher(patterns: Sequence[str] | None) -> Callable[[_SegmentDict], bool]:
         return [n for n in found if n]
 
     def matches(segment: _SegmentDict) -> bool:
+        if segment["id"] in named:
+            return True
         return any(fnmatch.fnmatchcase(n, p) for n in names(segment) for p in patterns)
 
     return matches
@@ -280,7 +305,7 @@ def _resolve(key: str, all_users: bool) -> _SegmentDict:
 
 def _cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     segments = _qsharedmem.list_segments(all_users=args.all_users)
-    accept = _matcher(args.match)
+    accept = _matcher(args.match, args.all_users)
     segments = [s for s in segments if accept(s) and (not args.orphans or s["orphan"])]
     if args.json:
         json.dump(segments, out, indent=2)
@@ -364,9 +389,16 @@ def _info_lines(s: _SegmentDict, now: float) -> list[tuple[str, str]]:
     else:
         alive = "alive" if s["creator_alive"] else "dead"
         lines.append(("creator", f"pid {s['creator_pid']} ({alive})"))
-    if s["created"] is not None:
-        when = datetime.datetime.fromtimestamp(s["created"]).isoformat(sep=" ", timespec="seconds")
-        lines.append(("created", f"{when} ({_age(s['created'], now)} ago)"))
+    created = s["created"]
+    if created is not None:
+        when = _date(created)
+        if when is None:
+            text = f"corrupt ({created:.0f} seconds since 1970 is no date)"
+        elif created > now + 1:
+            text = f"{when} (in the future)"
+        else:
+            text = f"{when} ({_age(created, now)} ago)"
+        lines.append(("created", text))
     owner = s["user"] or "?"
     lines.append(("owner", f"{owner} (uid {s['uid']}), mode {s['mode']:04o}"))
     lines.append(("state", s["usage"]))
@@ -423,7 +455,9 @@ def _cmd_rm(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def _cmd_gc(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     outcomes = _qsharedmem.collect_garbage(
-        dry_run=args.dry_run, predicate=_matcher(args.match), all_users=args.all_users
+        dry_run=args.dry_run,
+        predicate=_matcher(args.match, args.all_users),
+        all_users=args.all_users,
     )
     failed = [o for o in outcomes if o["skipped"] and o["errno"] != errno.EBUSY]
     if args.json:
@@ -500,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="GLOB",
             action="append",
             help="only segments whose id, native key, file name or Qt key matches "
-            "(shell-style pattern; may be repeated)",
+            "(shell-style pattern), or that GLOB names as a key, as info KEY would "
+            "(may be repeated)",
         )
 
     ls = command("ls", "list segments")

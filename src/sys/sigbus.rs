@@ -17,7 +17,8 @@
 //! without us.
 //!
 //! The handler only uses async-signal-safe operations: atomic loads and stores, `mmap` and
-//! `gettid` (plain system calls on Linux), `sigaction`, `sigpending`, `sigismember` and `raise`.
+//! `syscall(SYS_gettid)` (plain system calls on Linux), `sigaction`, `sigpending`,
+//! `sigismember` and `raise`.
 
 use std::ffi::{c_int, c_void};
 use std::ptr;
@@ -259,8 +260,10 @@ extern "C" fn on_sigbus(signal: c_int, info: *mut libc::siginfo_t, context: *mut
 fn pass_on(signal: c_int, info: *mut libc::siginfo_t, context: *mut c_void, code: c_int) {
     let sent = code <= 0;
     let previous = PREVIOUS.load(Ordering::Acquire);
-    // SAFETY: gettid is a plain system call without preconditions (async-signal-safe).
-    let thread = unsafe { libc::gettid() };
+    // The raw system call, not glibc's gettid (2.30+), which the manylinux_2_17 wheel cannot
+    // reference. SAFETY: SYS_gettid has no arguments or preconditions; syscall(2) only traps
+    // into the kernel and sets errno, so it is async-signal-safe.
+    let thread = unsafe { libc::syscall(libc::SYS_gettid) } as i32;
     let looping = sent && PASSING.load(Ordering::Relaxed) == thread;
     // SAFETY: `previous` is NULL or a leaked, never freed sigaction written before publication.
     let handler = match unsafe { previous.as_ref() } {
