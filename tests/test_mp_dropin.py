@@ -762,3 +762,55 @@ def test_docs_example_runs(index, procs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert set(os.listdir(DEV_SHM)) - before == set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Exceptions and enums cross process boundaries
+
+
+def attach_missing(name: str) -> None:
+    SharedMemory(name)
+
+
+def test_an_error_raised_in_a_pool_worker_arrives_in_the_parent(make_key):
+    # multiprocessing pickles a worker's exception; before our errors could be pickled, the
+    # parent got a MaybeEncodingError instead of the FileNotFoundError.
+    name = make_key("missing")
+    with (
+        multiprocessing.get_context("spawn").Pool(1) as pool,
+        pytest.raises(FileNotFoundError) as missing,
+    ):
+        pool.apply(attach_missing, (name,))
+    assert isinstance(missing.value, qsharedmem.NotFoundError)
+    assert missing.value.errno == 2
+    assert missing.value.filename == "/" + name
+    assert missing.value.qt_error == qsharedmem.QSharedMemory.SharedMemoryError.NotFound
+    assert str(missing.value) == "QSharedMemory::attach (shm_open): doesn't exist"
+
+
+def test_errors_and_enums_pickle(make_key):
+    with (
+        pytest.raises(FileExistsError) as taken,
+        SharedMemory(make_key("taken"), create=True, size=8) as shm,
+    ):
+        SharedMemory(shm.name, create=True, size=8)
+    taken.value.note = "kept"
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        again = pickle.loads(pickle.dumps(taken.value, protocol=proto))
+        assert type(again) is qsharedmem.AlreadyExistsError
+        assert (again.errno, again.strerror, again.filename, again.qt_error, again.note) == (
+            taken.value.errno,
+            taken.value.strerror,
+            taken.value.filename,
+            qsharedmem.QSharedMemory.SharedMemoryError.AlreadyExists,
+            "kept",
+        )
+    timeout = qsharedmem.LockTimeoutError(110, "timed out", 6)
+    assert type(pickle.loads(pickle.dumps(timeout))) is qsharedmem.LockTimeoutError
+    for member in (
+        qsharedmem.QSharedMemory.SharedMemoryError.NotFound,
+        qsharedmem.QSharedMemory.AccessMode.ReadOnly,
+        qsharedmem.QNativeIpcKey.Type(84),
+        qsharedmem.QSystemSemaphore.SystemSemaphoreError.KeyError,
+    ):
+        assert pickle.loads(pickle.dumps(member)) is member

@@ -103,3 +103,17 @@ class SystemSemaphoreError(_QtEnum):
 
 SystemSemaphoreError.__qualname__ = "QSystemSemaphore.SystemSemaphoreError"
 SystemSemaphoreError.__name__ = "SystemSemaphoreError"
+
+
+# pickle finds a class by module and qualified name: these live on the public classes of the
+# package (``qsharedmem.QSharedMemory.SharedMemoryError``), not in this module. Pickling matters
+# for multiprocessing, which pickles every exception a worker raises (they carry ``qt_error``).
+for _enum_class in (
+    KeyType,
+    AccessMode,
+    SharedMemoryError,
+    SystemSemaphoreAccessMode,
+    SystemSemaphoreError,
+):
+    _enum_class.__module__ = "qsharedmem"
+del _enum_class
