@@ -6,8 +6,8 @@ segment (also after crashes), a crashed lock holder does not block everyone, ``l
 timeout and never freezes other Python threads, and ``data()`` is a ``memoryview`` that cannot
 crash the interpreter (read-only for ``ReadOnly`` attachments, valid after ``detach()``).
 
-``SharedMemory`` is a drop-in for ``multiprocessing.shared_memory.SharedMemory`` on the same
-core, without its resource tracker: see ``docs/multiprocessing.md``.
+``SharedMemory`` and ``ShareableList`` are drop-ins for ``multiprocessing.shared_memory``'s
+classes on the same core, without its resource tracker: see ``docs/multiprocessing.md``.
 
 >>> from qsharedmem import QSharedMemory
 >>> shm = QSharedMemory(QSharedMemory.platformSafeKey("doctest-demo"))
@@ -38,7 +38,7 @@ from ._errors import (
     SharedMemoryError,
 )
 from ._qsharedmem import QNativeIpcKey, QSharedMemory, QSystemSemaphore, __version__
-from .shared_memory import SharedMemory
+from .shared_memory import ShareableList, SharedMemory
 
 __all__ = [
     "AlreadyExistsError",
@@ -52,6 +52,7 @@ __all__ = [
     "QNativeIpcKey",
     "QSharedMemory",
     "QSystemSemaphore",
+    "ShareableList",
     "SharedMemory",
     "SharedMemoryError",
     "__version__",

@@ -37,7 +37,7 @@ from ._qsharedmem import QNativeIpcKey, QSharedMemory
 if TYPE_CHECKING:
     import numpy
 
-__all__ = ["SharedMemory"]
+__all__ = ["ShareableList", "SharedMemory"]
 
 # CPython's rule for random names (Lib/multiprocessing/shared_memory.py): a 14-character limit
 # (FreeBSD's) for "/psm_" + hex digits.
@@ -281,3 +281,8 @@ class _Locked:
 def _attach_readonly(cls: type[SharedMemory], name: str) -> SharedMemory:
     """Unpickles a read-only handle: attaches read-only again."""
     return cls(name, readonly=True)
+
+
+# multiprocessing.shared_memory has both classes; so does this module. Imported last: the
+# ShareableList module needs SharedMemory, defined above.
+from .shareable_list import ShareableList  # noqa: E402
