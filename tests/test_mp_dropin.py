@@ -971,3 +971,52 @@ def test_module_constants_as_cpythons():
     assert inspect.signature(SharedMemory.__init__).parameters["track"].kind is (
         inspect.Parameter.KEYWORD_ONLY
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Done when: a program that uses all three names works after changing only its imports
+
+
+PROGRAM = Path(__file__).resolve().parent / "helpers" / "mp_dropin_program.py"
+STDLIB_IMPORTS = {
+    "from multiprocessing.managers import SharedMemoryManager": (
+        "from qsharedmem.managers import SharedMemoryManager"
+    ),
+    "from multiprocessing.shared_memory import ShareableList, SharedMemory": (
+        "from qsharedmem.shared_memory import ShareableList, SharedMemory"
+    ),
+}
+PROGRAM_OUTPUT = [
+    "squares [0, 1, 4, 9, 16, 25, 36, 49]",
+    "tags ['a-0', 'b-1', 'c-2'] [0, 0, 0]",
+    "managed [0, 1, 2, 3] [100, 101, 102, 103] [2, 4, 6, 8]",
+    "released True",
+    "released False",
+]
+
+
+def program_on_qsharedmem() -> str:
+    lines = PROGRAM.read_text().splitlines(keepends=True)
+    changed = [STDLIB_IMPORTS.get(line.rstrip("\n"), line.rstrip("\n")) + "\n" for line in lines]
+    assert sum(a != b for a, b in zip(lines, changed, strict=True)) == len(STDLIB_IMPORTS)
+    return "".join(changed)
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+@pytest.mark.parametrize("implementation", ["multiprocessing", "qsharedmem"])
+def test_a_program_using_all_three_names_needs_only_new_imports(
+    implementation, start_method, procs, tmp_path
+):
+    # The standard library's run is the oracle: the same output, and it is a correct program
+    # there too (it unlinks what it makes), so its stderr is empty as well.
+    script = tmp_path / "program.py"
+    if implementation == "multiprocessing":
+        script.write_text(PROGRAM.read_text())
+    else:
+        script.write_text(program_on_qsharedmem())
+    before = set(os.listdir(DEV_SHM))
+    result = procs.run_script(script, start_method, timeout=TIMEOUT, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "no warnings, no tracebacks, from any process"
+    assert result.stdout.splitlines() == PROGRAM_OUTPUT
+    assert set(os.listdir(DEV_SHM)) - before == set(), "nothing is left in /dev/shm"
