@@ -19,8 +19,10 @@ Plus what multiprocessing lacks: a cross-process lock (``lock()``/``unlock()``,
 (``readonly=True``) and zero-copy numpy views (``ndarray()``).
 
 It is built on :class:`qsharedmem.QSharedMemory` with POSIX keys: ``SharedMemory("frame")`` is
-``QSharedMemory(QNativeIpcKey("/frame", QNativeIpcKey.Type.PosixRealtime))``.
-See ``docs/multiprocessing.md`` for the migration guide and every difference from CPython.
+``QSharedMemory(QNativeIpcKey("/frame", QNativeIpcKey.Type.PosixRealtime))``. Like
+``multiprocessing.shared_memory``, this module also has ``ShareableList`` (written in
+``shareable_list.py``). See ``docs/multiprocessing.md`` for the migration guide and every
+difference from CPython.
 """
 
 from __future__ import annotations
