@@ -14,18 +14,22 @@ Children that run our test functions import this module, so it imports nothing f
 from __future__ import annotations
 
 import concurrent.futures
+import gc
+import inspect
 import multiprocessing
 import multiprocessing.managers
+import multiprocessing.shared_memory as cpython_shared_memory
 import os
 import pickle
 import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import qsharedmem
-from qsharedmem import SharedMemory
+from qsharedmem import SharedMemory, shared_memory
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 DEV_SHM = Path("/dev/shm")
@@ -761,3 +765,257 @@ def test_docs_example_runs(index, procs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert set(os.listdir(DEV_SHM)) - before == set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Exceptions and enums cross process boundaries
+
+
+def attach_missing(name: str) -> None:
+    SharedMemory(name)
+
+
+def test_an_error_raised_in_a_pool_worker_arrives_in_the_parent(make_key):
+    # multiprocessing pickles a worker's exception; before our errors could be pickled, the
+    # parent got a MaybeEncodingError instead of the FileNotFoundError.
+    name = make_key("missing")
+    with (
+        multiprocessing.get_context("spawn").Pool(1) as pool,
+        pytest.raises(FileNotFoundError) as missing,
+    ):
+        pool.apply(attach_missing, (name,))
+    assert isinstance(missing.value, qsharedmem.NotFoundError)
+    assert missing.value.errno == 2
+    assert missing.value.filename == "/" + name
+    assert missing.value.qt_error == qsharedmem.QSharedMemory.SharedMemoryError.NotFound
+    assert str(missing.value) == "QSharedMemory::attach (shm_open): doesn't exist"
+
+
+def test_errors_and_enums_pickle(make_key):
+    with (
+        pytest.raises(FileExistsError) as taken,
+        SharedMemory(make_key("taken"), create=True, size=8) as shm,
+    ):
+        SharedMemory(shm.name, create=True, size=8)
+    taken.value.note = "kept"
+    for proto in range(pickle.HIGHEST_PROTOCOL + 1):
+        again = pickle.loads(pickle.dumps(taken.value, protocol=proto))
+        assert type(again) is qsharedmem.AlreadyExistsError
+        assert (again.errno, again.strerror, again.filename, again.qt_error, again.note) == (
+            taken.value.errno,
+            taken.value.strerror,
+            taken.value.filename,
+            qsharedmem.QSharedMemory.SharedMemoryError.AlreadyExists,
+            "kept",
+        )
+    timeout = qsharedmem.LockTimeoutError(110, "timed out", 6)
+    assert type(pickle.loads(pickle.dumps(timeout))) is qsharedmem.LockTimeoutError
+    for member in (
+        qsharedmem.QSharedMemory.SharedMemoryError.NotFound,
+        qsharedmem.QSharedMemory.AccessMode.ReadOnly,
+        qsharedmem.QNativeIpcKey.Type(84),
+        qsharedmem.QSystemSemaphore.SystemSemaphoreError.KeyError,
+    ):
+        assert pickle.loads(pickle.dumps(member)) is member
+
+
+# ---------------------------------------------------------------------------------------------
+# The rest of CPython 3.13's module surface, next to CPython's class where it can run here
+
+
+def cpython_cleanup(shm: Any) -> None:
+    shm.close()
+    shm.unlink()
+
+
+def test_bools_and_ints_as_cpython_takes_them(make_key):
+    # bool is an int: size=True is one byte, create=1 creates.
+    theirs = cpython_shared_memory.SharedMemory(make_key("cpy-true"), create=True, size=True)
+    try:
+        ours = SharedMemory(make_key("ours-true"), create=1, size=True)
+        assert ours.size == theirs.size == 1
+        ours.buf[0] = 255
+        assert SharedMemory(ours.name, create=0, size=False).buf[0] == 255
+        ours.close()
+    finally:
+        cpython_cleanup(theirs)
+    name = make_key("float-size")
+    with pytest.raises(TypeError):
+        SharedMemory(name, create=True, size=1.5)
+    assert not exists(name), "refused before anything was made (CPython leaves the file)"
+
+
+def test_flags_as_cpythons(make_key):
+    name = make_key("flags")
+    with SharedMemory(name, create=True, size=8) as created:
+        assert created._flags == os.O_CREAT | os.O_EXCL | os.O_RDWR
+        with SharedMemory(name) as attached, SharedMemory(name, readonly=True) as ro:
+            assert attached._flags == os.O_RDWR
+            assert ro._flags == os.O_RDONLY
+    assert SharedMemory._flags == cpython_shared_memory.SharedMemory._flags == os.O_RDWR
+
+
+@pytest.mark.parametrize("implementation", ["cpython", "qsharedmem"])
+def test_a_subclass_with_o_creat_attaches_or_fails_as_in_cpython(implementation, make_key):
+    base = cpython_shared_memory.SharedMemory if implementation == "cpython" else SharedMemory
+
+    class OptionalAttach(base):  # type: ignore[misc, valid-type]
+        _flags = os.O_CREAT | os.O_RDWR
+
+    name = make_key("optional")
+    with pytest.raises(ValueError):
+        OptionalAttach(name)  # nothing there, and no size to make it with
+    if implementation == "cpython":
+        # CPython's shm_open made an empty file, mmap refused it with a ValueError, and its
+        # cleanup catches only OSError: the file stays.
+        assert exists(name)
+        (DEV_SHM / name).unlink()
+    else:
+        assert not exists(name), "attached or failed: nothing is made"
+    made = base(name, create=True, size=16)
+    try:
+        again = OptionalAttach(name)
+        assert again.size == made.size
+        again.close()
+    finally:
+        made.close()
+        made.unlink()
+
+
+@pytest.mark.parametrize("implementation", ["cpython", "qsharedmem"])
+def test_a_subclass_without_the_leading_slash(implementation, make_key):
+    base = cpython_shared_memory.SharedMemory if implementation == "cpython" else SharedMemory
+
+    class AsGiven(base):  # type: ignore[misc, valid-type]
+        _prepend_leading_slash = False
+
+    bare = make_key("bare")
+    slashed = make_key("slashed")
+    first = AsGiven(bare, create=True, size=8)
+    second = AsGiven("/" + slashed, create=True, size=8)
+    try:
+        # glibc's shm_open takes both; `name` reports what was given.
+        assert (first.name, first._name) == (bare, bare)
+        assert (second.name, second._name) == ("/" + slashed, "/" + slashed)
+        assert exists(bare) and exists(slashed)
+        assert repr(second) == f"AsGiven({'/' + slashed!r}, size={second.size})"
+        assert second.__reduce__() == (AsGiven, ("/" + slashed, False, second.size))
+        random = AsGiven(create=True, size=8)
+        assert random.name.startswith("/psm_")
+        random.close()
+        random.unlink()
+    finally:
+        for shm in (first, second):
+            shm.close()
+            shm.unlink()
+
+
+def test_a_subclass_asking_for_other_permissions_is_refused(make_key):
+    class Shared(SharedMemory):
+        _mode = 0o666
+
+    name = make_key("mode")
+    with pytest.raises(ValueError, match=r"_mode = 0o666 cannot be honoured.*0o600"):
+        Shared(name, create=True, size=8)
+    assert not exists(name)
+    with SharedMemory(name, create=True, size=8), Shared(name) as attached:
+        assert attached.size == 8, "attaching uses no mode"
+    assert SharedMemory._mode == cpython_shared_memory.SharedMemory._mode == 0o600
+
+
+def test_fd_and_mmap_are_refused_with_what_to_use_instead():
+    shm = SharedMemory(create=True, size=8)
+    try:
+        with pytest.raises(AttributeError, match=r"SharedMemory has no _fd: .* use buf"):
+            _ = shm._fd
+        with pytest.raises(AttributeError, match=r"has no _mmap: use buf, a memoryview"):
+            _ = shm._mmap
+        with pytest.raises(AttributeError, match="has no _fd"):
+            _ = SharedMemory._fd
+        assert getattr(shm, "_mmap", "absent") == "absent"
+        assert not hasattr(shm, "_fd")
+        # What code that disarms CPython's __del__ after a BufferError assigns: accepted.
+        shm._buf = None
+        shm._mmap = None
+        shm._fd = -1
+        with pytest.raises(AttributeError, match="has no _fd"):
+            shm._fd = 3
+        with pytest.raises(AttributeError, match="has no _mmap"):
+            shm._mmap = object()
+    finally:
+        shm.close()
+    assert not exists(shm.name)
+
+
+def test_a_subclass_may_call_cpythons_del():
+    class Logged(SharedMemory):
+        deleted = 0
+
+        def __del__(self) -> None:
+            type(self).deleted += 1
+            super().__del__()
+
+    shm = Logged(create=True, size=8)
+    name = shm.name
+    del shm
+    gc.collect()
+    assert Logged.deleted == 1
+    assert not exists(name), "collected: the handle detached"
+
+
+def test_module_constants_as_cpythons():
+    for constant in ("_USE_POSIX", "_SHM_SAFE_NAME_LENGTH", "_SHM_NAME_PREFIX"):
+        assert getattr(shared_memory, constant) == getattr(cpython_shared_memory, constant)
+    assert shared_memory._make_filename().startswith("/psm_")
+    assert inspect.signature(SharedMemory.__init__).parameters["track"].kind is (
+        inspect.Parameter.KEYWORD_ONLY
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Done when: a program that uses all three names works after changing only its imports
+
+
+PROGRAM = Path(__file__).resolve().parent / "helpers" / "mp_dropin_program.py"
+STDLIB_IMPORTS = {
+    "from multiprocessing.managers import SharedMemoryManager": (
+        "from qsharedmem.managers import SharedMemoryManager"
+    ),
+    "from multiprocessing.shared_memory import ShareableList, SharedMemory": (
+        "from qsharedmem.shared_memory import ShareableList, SharedMemory"
+    ),
+}
+PROGRAM_OUTPUT = [
+    "squares [0, 1, 4, 9, 16, 25, 36, 49]",
+    "tags ['a-0', 'b-1', 'c-2'] [0, 0, 0]",
+    "managed [0, 1, 2, 3] [100, 101, 102, 103] [2, 4, 6, 8]",
+    "released True",
+    "released False",
+]
+
+
+def program_on_qsharedmem() -> str:
+    lines = PROGRAM.read_text().splitlines(keepends=True)
+    changed = [STDLIB_IMPORTS.get(line.rstrip("\n"), line.rstrip("\n")) + "\n" for line in lines]
+    assert sum(a != b for a, b in zip(lines, changed, strict=True)) == len(STDLIB_IMPORTS)
+    return "".join(changed)
+
+
+@pytest.mark.parametrize("start_method", START_METHODS)
+@pytest.mark.parametrize("implementation", ["multiprocessing", "qsharedmem"])
+def test_a_program_using_all_three_names_needs_only_new_imports(
+    implementation, start_method, procs, tmp_path
+):
+    # The standard library's run is the oracle: the same output, and it is a correct program
+    # there too (it unlinks what it makes), so its stderr is empty as well.
+    script = tmp_path / "program.py"
+    if implementation == "multiprocessing":
+        script.write_text(PROGRAM.read_text())
+    else:
+        script.write_text(program_on_qsharedmem())
+    before = set(os.listdir(DEV_SHM))
+    result = procs.run_script(script, start_method, timeout=TIMEOUT, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "no warnings, no tracebacks, from any process"
+    assert result.stdout.splitlines() == PROGRAM_OUTPUT
+    assert set(os.listdir(DEV_SHM)) - before == set(), "nothing is left in /dev/shm"

@@ -8,15 +8,15 @@ The differences all follow from one design decision (docs/multiprocessing.md): t
 resource tracker, a segment lives as long as some handle in some process is open, and the last
 ``close()`` destroys it.
 
-Not ported: the ``ShareableList`` tests and the three ``SharedMemoryManager`` tests
-(``..._ignores_sigint``, ``..._reuses_resource_tracker``, ``..._basics``): they test the manager
-process and ``ShareableList``, which create ``multiprocessing``'s own segments, not this class.
-Manager-style usage of ``qsharedmem.SharedMemory`` is tested in ``test_mp_dropin.py``.
+The ``ShareableList`` tests and the three ``SharedMemoryManager`` tests of the same class
+(``..._ignores_sigint``, ``..._reuses_resource_tracker``, ``..._basics``) are ported in
+``test_mp_shareable_list_cpython.py``, where they run against CPython's classes and ours.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import signal
 import subprocess
@@ -146,9 +146,19 @@ def test_shared_memory_basics(make_key):
             # name that is already in use triggers an exception.
             shared_memory.SharedMemory(name_tsmb, create=True, size=512)
 
-        # Difference: CPython then subclasses SharedMemory with `_flags = O_CREAT | O_RDWR`
-        # (create-or-attach, an implementation detail of its shm_open call); our class has no
-        # `_flags`, so that part is not ported.
+        if shared_memory._USE_POSIX:
+            # Requesting creation of a shared memory segment with the option
+            # to attach to an existing segment, if that name is currently in
+            # use, should not trigger an exception.
+            # Note:  Using a smaller size could possibly cause truncation of
+            # the existing segment but is OS platform dependent.  In the
+            # case of MacOS/darwin, requesting a smaller size is disallowed.
+            class OptionalAttachSharedMemory(shared_memory.SharedMemory):
+                _flags = os.O_CREAT | os.O_RDWR
+
+            ok_if_exists_sms = OptionalAttachSharedMemory(name_tsmb)
+            assert ok_if_exists_sms.size == sms.size
+            ok_if_exists_sms.close()
 
         # Attempting to attach to an existing shared memory segment when
         # no segment exists with the supplied name triggers an exception.

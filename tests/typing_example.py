@@ -19,8 +19,10 @@ from qsharedmem import (
     QNativeIpcKey,
     QSharedMemory,
     QSystemSemaphore,
+    ShareableList,
     SharedMemory,
     SharedMemoryError,
+    SharedMemoryManager,
 )
 
 
@@ -131,6 +133,30 @@ def multiprocessing_style() -> None:
             buf[1] = 2
 
 
+def shareable_lists() -> None:
+    numbers = ShareableList([1, 2, 3])
+    assert_type(numbers, ShareableList[int])
+    assert_type(numbers[0], int)
+    numbers[0] = 7
+    numbers[1] = "seven"  # type: ignore[assignment]
+    assert_type(numbers.shm, SharedMemory)
+    with numbers.locked(timeout=1.0):
+        assert_type(numbers.format, str)
+    again: ShareableList[int] = ShareableList(name=numbers.shm.name)
+    with again:
+        assert_type(again[-1], int)
+        assert_type(len(again), int)
+    numbers.shm.close()
+
+
+def manager() -> None:
+    with SharedMemoryManager() as smm:
+        assert_type(smm.SharedMemory(16), SharedMemory)
+        words = smm.ShareableList(["a", "b"])
+        assert_type(words, ShareableList[str])
+        words.shm.close()
+
+
 def rejected(shm: QSharedMemory, sem: QSystemSemaphore, key: QNativeIpcKey) -> None:
     """Calls the stub must reject (each is a TypeError at runtime too); never called."""
     QNativeIpcKey(key, QNativeIpcKey.Type.SystemV)  # type: ignore[call-overload]
@@ -139,6 +165,7 @@ def rejected(shm: QSharedMemory, sem: QSystemSemaphore, key: QNativeIpcKey) -> N
     shm.setKey(None)  # type: ignore[arg-type]
     shm.setNativeKey(key, QNativeIpcKey.Type.SystemV)  # type: ignore[call-overload]
     sem.release(1.5)  # type: ignore[arg-type]
+    ShareableList([[1]])  # type: ignore[type-var]
     QSystemSemaphore.isKeyTypeSupported(type=QNativeIpcKey.Type.SystemV)  # type: ignore[call-arg]
 
 
@@ -149,6 +176,8 @@ def main() -> None:
     errors(name + "-err")
     semaphore(name)
     multiprocessing_style()
+    shareable_lists()
+    manager()
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ segment (also after crashes), a crashed lock holder does not block everyone, ``l
 timeout and never freezes other Python threads, and ``data()`` is a ``memoryview`` that cannot
 crash the interpreter (read-only for ``ReadOnly`` attachments, valid after ``detach()``).
 
-``SharedMemory`` is a drop-in for ``multiprocessing.shared_memory.SharedMemory`` on the same
-core, without its resource tracker: see ``docs/multiprocessing.md``.
+``SharedMemory``, ``ShareableList`` and ``SharedMemoryManager`` are drop-ins for
+``multiprocessing.shared_memory``'s classes and ``multiprocessing.managers.SharedMemoryManager``
+on the same core, without the resource tracker (change the imports; ``qsharedmem.shared_memory``
+and ``qsharedmem.managers`` mirror those modules): see ``docs/multiprocessing.md``.
 
 >>> from qsharedmem import QSharedMemory
 >>> shm = QSharedMemory(QSharedMemory.platformSafeKey("doctest-demo"))
@@ -24,6 +26,7 @@ True
 import atexit as _atexit
 import os as _os
 import sys as _sys
+import typing as _typing
 
 from . import _qsharedmem
 from ._errors import (
@@ -38,7 +41,10 @@ from ._errors import (
     SharedMemoryError,
 )
 from ._qsharedmem import QNativeIpcKey, QSharedMemory, QSystemSemaphore, __version__
-from .shared_memory import SharedMemory
+from .shared_memory import ShareableList, SharedMemory
+
+if _typing.TYPE_CHECKING:
+    from .managers import SharedMemoryManager
 
 __all__ = [
     "AlreadyExistsError",
@@ -52,10 +58,22 @@ __all__ = [
     "QNativeIpcKey",
     "QSharedMemory",
     "QSystemSemaphore",
+    "ShareableList",
     "SharedMemory",
     "SharedMemoryError",
+    "SharedMemoryManager",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # SharedMemoryManager on first use: it imports multiprocessing.managers, which programs that
+    # only use QSharedMemory need not load.
+    if name == "SharedMemoryManager":
+        from .managers import SharedMemoryManager
+
+        return SharedMemoryManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _AfterForkToken:

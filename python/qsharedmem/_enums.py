@@ -26,6 +26,13 @@ class _QtEnum(enum.IntEnum):
     __str__ = enum.Enum.__str__
     __format__ = enum.Enum.__format__
 
+    def __reduce_ex__(self, protocol: object) -> tuple[object, ...]:
+        # pickle finds a class by module and qualified name, and these classes live on the
+        # extension's classes (``QSharedMemory.SharedMemoryError``), not in this module.
+        # Pickling matters for multiprocessing, which pickles every exception a worker
+        # raises (ours carry ``qt_error``).
+        return (_member, (type(self).__qualname__, self._value_))
+
 
 class KeyType(_QtEnum):
     """``QNativeIpcKey::Type``."""
@@ -103,3 +110,20 @@ class SystemSemaphoreError(_QtEnum):
 
 SystemSemaphoreError.__qualname__ = "QSystemSemaphore.SystemSemaphoreError"
 SystemSemaphoreError.__name__ = "SystemSemaphoreError"
+
+
+_BY_QUALNAME: dict[str, type[_QtEnum]] = {
+    enum_class.__qualname__: enum_class
+    for enum_class in (
+        KeyType,
+        AccessMode,
+        SharedMemoryError,
+        SystemSemaphoreAccessMode,
+        SystemSemaphoreError,
+    )
+}
+
+
+def _member(qualname: str, value: int) -> _QtEnum:
+    """Unpickles a member (see ``_QtEnum.__reduce_ex__``)."""
+    return _BY_QUALNAME[qualname](value)

@@ -14,6 +14,8 @@ derives from the builtin a Python programmer would catch for that failure (``Fil
 
 from __future__ import annotations
 
+from typing import Any
+
 from ._enums import SharedMemoryError as _QtError
 from ._enums import SystemSemaphoreError as _QtSemaphoreError
 
@@ -42,6 +44,28 @@ class SharedMemoryError(OSError):
 
     def __str__(self) -> str:
         return str(self.strerror)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # OSError's own reduce passes ``filename`` as the third argument, which is ``qt_error``
+        # here; multiprocessing pickles every exception a worker or a manager raises.
+        return (
+            _rebuild_error,
+            (type(self), self.errno, self.strerror, self.qt_error, self.filename),
+            self.__dict__ or None,
+        )
+
+
+def _rebuild_error(
+    cls: type[SharedMemoryError],
+    errno: int | None,
+    strerror: str,
+    qt_error: _QtError | _QtSemaphoreError,
+    filename: str | None,
+) -> SharedMemoryError:
+    exception = cls(errno, strerror)
+    exception.qt_error = qt_error
+    exception.filename = filename
+    return exception
 
 
 class PermissionDeniedError(SharedMemoryError, PermissionError):

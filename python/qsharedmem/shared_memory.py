@@ -19,17 +19,20 @@ Plus what multiprocessing lacks: a cross-process lock (``lock()``/``unlock()``,
 (``readonly=True``) and zero-copy numpy views (``ndarray()``).
 
 It is built on :class:`qsharedmem.QSharedMemory` with POSIX keys: ``SharedMemory("frame")`` is
-``QSharedMemory(QNativeIpcKey("/frame", QNativeIpcKey.Type.PosixRealtime))``.
-See ``docs/multiprocessing.md`` for the migration guide and every difference from CPython.
+``QSharedMemory(QNativeIpcKey("/frame", QNativeIpcKey.Type.PosixRealtime))``. Like
+``multiprocessing.shared_memory``, this module also has ``ShareableList`` (written in
+``shareable_list.py``). See ``docs/multiprocessing.md`` for the migration guide and every
+difference from CPython.
 """
 
 from __future__ import annotations
 
 import contextlib
 import operator
+import os
 import secrets
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from ._errors import LockError, SharedMemoryError
 from ._qsharedmem import QNativeIpcKey, QSharedMemory
@@ -37,23 +40,58 @@ from ._qsharedmem import QNativeIpcKey, QSharedMemory
 if TYPE_CHECKING:
     import numpy
 
-__all__ = ["SharedMemory"]
+__all__ = ["ShareableList", "SharedMemory"]
 
 # CPython's rule for random names (Lib/multiprocessing/shared_memory.py): a 14-character limit
 # (FreeBSD's) for "/psm_" + hex digits.
 _SHM_SAFE_NAME_LENGTH = 14
 _SHM_NAME_PREFIX = "/psm_"
+# CPython's platform switch; programs and CPython's tests read it. Our segments are POSIX ones.
+_USE_POSIX = True
 
 _POSIX = QNativeIpcKey.Type.PosixRealtime
 _READ_ONLY = QSharedMemory.AccessMode.ReadOnly
 _READ_WRITE = QSharedMemory.AccessMode.ReadWrite
 _ALREADY_EXISTS = QSharedMemory.SharedMemoryError.AlreadyExists
+_NOT_FOUND = QSharedMemory.SharedMemoryError.NotFound
+_O_CREX = os.O_CREAT | os.O_EXCL
+# The permissions our core gives a new segment (Qt's).
+_CREATE_MODE = 0o600
 
 
 def _make_filename() -> str:
     """A random native name, as multiprocessing makes them: ``/psm_`` + 8 hex digits."""
     nbytes = (_SHM_SAFE_NAME_LENGTH - len(_SHM_NAME_PREFIX)) // 2
     return _SHM_NAME_PREFIX + secrets.token_hex(nbytes)
+
+
+class _NotProvided:
+    """A CPython attribute this class cannot have.
+
+    Reading it raises ``AttributeError`` with what to use instead (so ``getattr(shm, "_fd",
+    None)`` and ``hasattr`` work). Assigning ``disarmed``, the value CPython's ``close()``
+    leaves, is accepted and does nothing: code that disarms CPython's ``__del__`` after a
+    ``BufferError`` (``shm._mmap = None``) keeps running."""
+
+    def __init__(self, disarmed: object, advice: str) -> None:
+        self._disarmed = disarmed
+        self._advice = advice
+        self._attribute = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._attribute = name
+
+    def _error(self, owner: type) -> AttributeError:
+        return AttributeError(
+            f"{owner.__module__}.{owner.__qualname__} has no {self._attribute}: {self._advice}"
+        )
+
+    def __get__(self, instance: object, owner: type | None = None) -> NoReturn:
+        raise self._error(owner if owner is not None else type(instance))
+
+    def __set__(self, instance: object, value: object) -> None:
+        if value != self._disarmed:
+            raise self._error(type(instance))
 
 
 def _failure(shm: QSharedMemory, fallback: str, native_name: str | None) -> SharedMemoryError:
@@ -90,6 +128,28 @@ class SharedMemory:
     _track = True
     _readonly = False
 
+    # CPython's class attributes that programs read or subclasses set, with CPython's values.
+    # `_flags`: a subclass with O_CREAT (and no O_EXCL) attaches to a name that exists, as
+    # CPython's own test does; an instance reports its flags (O_CREAT|O_EXCL|O_RDWR if it
+    # created, O_RDONLY if read-only). `_mode`: the permissions of a new segment; our core
+    # gives 0o600, so a subclass asking for others is refused. `_prepend_leading_slash`: a
+    # subclass with False passes names as they are, and `name` reports them so.
+    _flags = os.O_RDWR
+    _mode = _CREATE_MODE
+    _prepend_leading_slash = True
+    _fd = _NotProvided(
+        -1,
+        "the segment's descriptors belong to its reference count, which a flock(), mmap or "
+        "close() on them would break; use buf for the memory, size for its size, lock() or "
+        "locked() for a cross-process lock, ndarray() for numpy",
+    )
+    _mmap = _NotProvided(
+        None,
+        "use buf, a memoryview of the same memory (len(buf) is its size, buf.readonly tells a "
+        "read-only attachment), or ndarray() for numpy; close() never raises BufferError, so "
+        "nothing needs disarming",
+    )
+
     def __init__(
         self,
         name: str | None = None,
@@ -99,13 +159,27 @@ class SharedMemory:
         track: bool = True,
         readonly: bool = False,
     ) -> None:
-        # CPython's checks, in CPython's order, with CPython's messages.
+        # CPython's checks, in CPython's order, with CPython's messages. `create` is
+        # anything with a truth value and `size` anything like an int, `True` too (1 byte).
+        attach_or_fail = not create and bool(self._flags & os.O_CREAT)
         if not size >= 0:
             raise ValueError("'size' must be a positive integer")
-        if create and size == 0:
-            raise ValueError("'size' must be a positive number different from zero")
+        if create:
+            self._flags = _O_CREX | os.O_RDWR
+            if size == 0:
+                raise ValueError("'size' must be a positive number different from zero")
+            # Before anything exists (CPython's ftruncate() refuses a float after shm_open()
+            # made the file, and leaves it behind).
+            size = operator.index(size)
+        elif readonly:
+            self._flags = os.O_RDONLY
         if name is None and not create:
             raise ValueError("'name' can only be None if create=True")
+        if (create or attach_or_fail) and self._mode != _CREATE_MODE:
+            raise ValueError(
+                f"{type(self).__name__}._mode = {self._mode:#o} cannot be honoured: "
+                f"qsharedmem creates segments with mode {_CREATE_MODE:#o} (as Qt does)"
+            )
         self._track = track
         self._readonly = bool(readonly)
         mode = _READ_ONLY if readonly else _READ_WRITE
@@ -118,14 +192,23 @@ class SharedMemory:
                 if shm.error() != _ALREADY_EXISTS:
                     raise _failure(shm, "SharedMemory: cannot create", native)
         else:
-            native = "/" + name
+            # As shm_open() in glibc: one leading slash or none names the same object.
+            given = "/" + name if self._prepend_leading_slash else name
+            native = given if given.startswith("/") else "/" + given
             if "\0" in native:
                 # CPython 3.13's check (3.11 silently cut the name at the NUL).
                 raise ValueError("embedded null character")
             shm = QSharedMemory(QNativeIpcKey(native, _POSIX))
             done = shm.create(size, mode) if create else shm.attach(mode)
             if not done:
+                if attach_or_fail and shm.error() == _NOT_FOUND:
+                    # CPython makes an empty file here, fails to map it and removes it again.
+                    raise ValueError(
+                        f"{name!r} does not exist, and _flags with O_CREAT cannot create it "
+                        "without a size; pass create=True and a size"
+                    )
                 raise _failure(shm, "SharedMemory: cannot create or attach", native)
+            native = given
         self._name = native
         self._shm = shm
         self._size = shm.size()
@@ -143,7 +226,7 @@ class SharedMemory:
     def name(self) -> str | None:
         """The block's name, without the leading ``/`` (as multiprocessing reports it)."""
         name = self._name
-        if name is not None and name.startswith("/"):
+        if name is not None and self._prepend_leading_slash and name.startswith("/"):
             return name[1:]
         return name
 
@@ -179,6 +262,10 @@ class SharedMemory:
         shm = self._shm
         if shm is not None and not shm.remove():
             raise _failure(shm, "SharedMemory.unlink: cannot remove", self._name)
+
+    def __del__(self) -> None:
+        """Nothing to do: the handle detaches when it is collected. Here for subclasses whose
+        own ``__del__`` calls CPython's (``super().__del__()``)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         if self._readonly:
@@ -281,3 +368,8 @@ class _Locked:
 def _attach_readonly(cls: type[SharedMemory], name: str) -> SharedMemory:
     """Unpickles a read-only handle: attaches read-only again."""
     return cls(name, readonly=True)
+
+
+# multiprocessing.shared_memory has both classes; so does this module. Imported last: the
+# ShareableList module needs SharedMemory, defined above.
+from .shareable_list import ShareableList  # noqa: E402
