@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import signal
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -910,16 +911,25 @@ def test_a_subclass_without_the_leading_slash(implementation, make_key):
             shm.unlink()
 
 
-def test_a_subclass_asking_for_other_permissions_is_refused(make_key):
-    class Shared(SharedMemory):
+@pytest.mark.parametrize("impl", ["cpython", "qsharedmem"])
+def test_a_subclass_with_other_permissions_gets_them_less_the_umask(make_key, impl):
+    base = cpython_shared_memory.SharedMemory if impl == "cpython" else SharedMemory
+
+    class Shared(base):  # type: ignore[misc, valid-type]
         _mode = 0o666
 
     name = make_key("mode")
-    with pytest.raises(ValueError, match=r"_mode = 0o666 cannot be honoured.*0o600"):
-        Shared(name, create=True, size=8)
+    old = os.umask(0o027)
+    try:
+        made = Shared(name, create=True, size=8)
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(f"/dev/shm/{name}").st_mode) == 0o640
+    finally:
+        made.close()
+        made.unlink()
     assert not exists(name)
-    with SharedMemory(name, create=True, size=8), Shared(name) as attached:
-        assert attached.size == 8, "attaching uses no mode"
     assert SharedMemory._mode == cpython_shared_memory.SharedMemory._mode == 0o600
 
 

@@ -55,8 +55,21 @@ _READ_WRITE = QSharedMemory.AccessMode.ReadWrite
 _ALREADY_EXISTS = QSharedMemory.SharedMemoryError.AlreadyExists
 _NOT_FOUND = QSharedMemory.SharedMemoryError.NotFound
 _O_CREX = os.O_CREAT | os.O_EXCL
-# The permissions our core gives a new segment (Qt's).
+# The permissions our core gives a new segment (Qt's), CPython's default `_mode` too.
 _CREATE_MODE = 0o600
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask() sets it to read it, which
+    another thread creating a file at that moment would see)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def _make_filename() -> str:
@@ -131,8 +144,8 @@ class SharedMemory:
     # CPython's class attributes that programs read or subclasses set, with CPython's values.
     # `_flags`: a subclass with O_CREAT (and no O_EXCL) attaches to a name that exists, as
     # CPython's own test does; an instance reports its flags (O_CREAT|O_EXCL|O_RDWR if it
-    # created, O_RDONLY if read-only). `_mode`: the permissions of a new segment; our core
-    # gives 0o600, so a subclass asking for others is refused. `_prepend_leading_slash`: a
+    # created, O_RDONLY if read-only). `_mode`: the permissions of a new segment (less the
+    # umask, as shm_open() applies it). `_prepend_leading_slash`: a
     # subclass with False passes names as they are, and `name` reports them so.
     _flags = os.O_RDWR
     _mode = _CREATE_MODE
@@ -175,11 +188,8 @@ class SharedMemory:
             self._flags = os.O_RDONLY
         if name is None and not create:
             raise ValueError("'name' can only be None if create=True")
-        if (create or attach_or_fail) and self._mode != _CREATE_MODE:
-            raise ValueError(
-                f"{type(self).__name__}._mode = {self._mode:#o} cannot be honoured: "
-                f"qsharedmem creates segments with mode {_CREATE_MODE:#o} (as Qt does)"
-            )
+        # CPython passes `_mode` to shm_open(), which applies the umask.
+        permissions = None if self._mode == _CREATE_MODE else self._mode & ~_umask()
         self._track = track
         self._readonly = bool(readonly)
         mode = _READ_ONLY if readonly else _READ_WRITE
@@ -187,7 +197,7 @@ class SharedMemory:
             while True:
                 native = _make_filename()
                 shm = QSharedMemory(QNativeIpcKey(native, _POSIX))
-                if shm.create(size, mode):
+                if shm.create(size, mode, permissions=permissions):
                     break
                 if shm.error() != _ALREADY_EXISTS:
                     raise _failure(shm, "SharedMemory: cannot create", native)
@@ -199,7 +209,9 @@ class SharedMemory:
                 # CPython 3.13's check (3.11 silently cut the name at the NUL).
                 raise ValueError("embedded null character")
             shm = QSharedMemory(QNativeIpcKey(native, _POSIX))
-            done = shm.create(size, mode) if create else shm.attach(mode)
+            done = (
+                shm.create(size, mode, permissions=permissions) if create else shm.attach(mode)
+            )
             if not done:
                 if attach_or_fail and shm.error() == _NOT_FOUND:
                     # CPython makes an empty file here, fails to map it and removes it again.
