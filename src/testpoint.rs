@@ -3,7 +3,9 @@
 //! With `QSHAREDMEM_TEST_STOP_AT=<step>` (or `<step>@<n>`: the n-th time that step is reached)
 //! in its environment, a process that reaches the named step of create, attach, detach, lock or
 //! unlock prints `qsharedmem-test-stop <step> <pid>` on its standard output and stops itself
-//! (`SIGSTOP`). A test waits for that line and kills the process there; `SIGCONT` lets it go on.
+//! (`SIGSTOP`). A test waits for that line and kills the process there; `SIGCONT` lets it go on
+//! (once the process is stopped: it prints first, so a `SIGCONT` right after the line can come
+//! before the stop and be lost).
 //!
 //! The variable is read once, at the first step any thread reaches. Unset (always, outside
 //! tests), a step costs one atomic load and a branch.

@@ -107,7 +107,9 @@ fn qt_error_texts_for_common_failures() {
         e.message(),
         "QSharedMemoryPrivate::initKey: unable to set key on lock (QSystemSemaphore::handle: key is empty)"
     );
-    let e = SharedMemory::new().attach(AccessMode::ReadWrite).unwrap_err();
+    let e = SharedMemory::new()
+        .attach(AccessMode::ReadWrite)
+        .unwrap_err();
     assert_eq!(e.message(), "QSharedMemory::handle: key is empty");
     let e = fresh.create(10, AccessMode::ReadWrite).unwrap_err();
     assert_eq!(

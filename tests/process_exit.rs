@@ -113,7 +113,11 @@ fn the_last_user_exiting_with_process_exit() {
         run_child("release", &released);
         if key_type.is_posix() {
             let name = released.native_key().trim_start_matches('/');
-            for file in [name.to_owned(), format!("{name}.qsm"), format!("sem.{name}")] {
+            for file in [
+                name.to_owned(),
+                format!("{name}.qsm"),
+                format!("sem.{name}"),
+            ] {
                 assert!(
                     !std::path::Path::new("/dev/shm").join(&file).exists(),
                     "{file} must be removed at exit"

@@ -66,6 +66,11 @@ def sets_with_key(key: int) -> list[int]:
     return [semid for semid, k in semaphore_sets().items() if k == key]
 
 
+def stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
 def waiters(semid: int) -> int:
     return _libc.semctl(ctypes.c_int(semid), ctypes.c_int(0), ctypes.c_int(GETNCNT))
 
@@ -112,6 +117,8 @@ def test_a_process_preempted_in_semget_while_the_key_is_recreated_waits_for_the_
     )
     marker = p.wait_for_line(lambda line: line.startswith(STOP_MARK))
     assert marker == f"{STOP_MARK}lock-set:keyed {p.pid}"
+    # It prints the marker, then stops itself: a SIGCONT sent in between would be lost.
+    wait_for(lambda: stopped(p.pid), "P stops at the test point", child=p)
     # Keep the old key file's inode alive, so that the new key file cannot get it back (and
     # with it the same IPC key): then P's key belongs to a file that no longer exists.
     os.link(lock_file, tmp_path / "old-lock-key-file")

@@ -375,6 +375,8 @@ impl Handle {
                     legacy_key: state.key.legacy_key(),
                     semaphore: SemaphoreFile::of(semaphore.name()),
                     lock_now: holding_semaphore,
+                    // Holding the semaphore, the creator knows no dead holder has it.
+                    partner: (!holding_semaphore).then(|| semaphore.semaphore()),
                 };
                 let att = posix_segment::create(&file_name, &spec)
                     .map_err(|f| segment_error(Op::Create, Family::Posix, f))

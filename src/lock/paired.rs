@@ -172,6 +172,37 @@ impl RobustLock {
     pub(crate) fn holds_partner(&self) -> bool {
         self.state.load(Ordering::Relaxed) & STAGE == HELD
     }
+
+    /// The raw state word (holder pid and semaphore stage), to be carried over by
+    /// [`Self::inherit_dead_holder`].
+    pub(crate) fn state_word(&self) -> u32 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    /// A new lock that replaces the lock of an orphan (a segment whose processes all died,
+    /// reclaimed by `create()`), with the old lock's state word and doubt: settles what its
+    /// dead holder had of the semaphore, as the next locker would have. `HELD`: the token is the
+    /// dead holder's, given back now; `PENDING`/`RELEASING`, or a doubt already recorded: the
+    /// doubt moves to the new lock, whose lockers settle it (see the module documentation).
+    /// Only on a lock nobody else knows yet.
+    pub(crate) fn inherit_dead_holder(
+        &self,
+        dead_state: u32,
+        dead_doubt: u32,
+        sem: &NamedSemaphore,
+    ) {
+        let pid = dead_state >> 2;
+        match dead_state & STAGE {
+            HELD => {
+                let _ = sem.post();
+            }
+            PENDING | RELEASING => self.doubt.store(pid.max(1), Ordering::Relaxed),
+            _ => {}
+        }
+        if dead_doubt != 0 {
+            self.doubt.store(dead_doubt, Ordering::Relaxed);
+        }
+    }
 }
 
 #[cfg(test)]

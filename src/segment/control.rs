@@ -290,6 +290,8 @@ pub(crate) struct ControlRecord {
     pub(crate) holds_qt_semaphore: bool,
     /// A dead holder that may still have Qt's semaphore (0: none).
     pub(crate) doubtful_holder: i32,
+    /// The lock's raw state word (holder pid and Qt-semaphore stage).
+    pub(crate) lock_state: u32,
     /// How many times a holder died while holding the lock.
     pub(crate) owner_deaths: u32,
     /// The native key the segment was created with.
@@ -362,6 +364,7 @@ impl ControlRecord {
             lock_holder: control.lock.holder(),
             holds_qt_semaphore: control.lock.holds_partner(),
             doubtful_holder: control.lock.doubtful_holder(),
+            lock_state: control.lock.state_word(),
             owner_deaths: control.lock.owner_deaths(),
             native_key: load_string(&control.native_key_len, &control.native_key),
             legacy_key: load_string(&control.legacy_key_len, &control.legacy_key),

@@ -33,6 +33,7 @@ use super::control::{ControlMap, ControlRecord, Describe, NotAControlBlock, CONT
 use super::registry;
 use super::{AccessMode, Attachment, Failure, FileId, Inner, Permissions, Step};
 use crate::sys::mapping::{page_size, Mapping};
+use crate::sys::namedsem::NamedSemaphore;
 use crate::sys::{namedsem, posix, process, procfs, Errno};
 use crate::testpoint;
 use crate::wait::{poll_in_slices, Deadline, Interrupt, Waited};
@@ -302,6 +303,9 @@ pub(crate) struct CreateSpec<'a> {
     /// The creator holds Qt's semaphore already (`lock()` before `create()`): the new lock is
     /// taken for it before the segment is published, so that it holds the whole lock.
     pub(crate) lock_now: bool,
+    /// Qt's semaphore of the key, opened: an orphan's dead holder's share of it is settled
+    /// when the orphan is reclaimed.
+    pub(crate) partner: Option<&'a NamedSemaphore>,
 }
 
 /// Creates a qsharedmem POSIX segment and attaches to it.
@@ -353,7 +357,7 @@ pub(crate) fn create(file_name: &str, spec: &CreateSpec<'_>) -> Result<Attachmen
 
     // Everything that can fail has been done but the naming.
     let side_name = sidecar_name(file_name);
-    publish_sidecar(side_fd.as_fd(), &side_name)?;
+    publish_sidecar(side_fd.as_fd(), &side_name, &map, spec.partner)?;
     let published = publish_data(data_fd.as_fd(), file_name);
     if let Err(e) = published {
         let _ = unlink_if_file(&side_name, side_file);
@@ -380,13 +384,26 @@ pub(crate) fn create(file_name: &str, spec: &CreateSpec<'_>) -> Result<Attachmen
     })
 }
 
-/// Names a new sidecar, reclaiming an orphan that has the name.
-fn publish_sidecar(fd: BorrowedFd<'_>, side_name: &str) -> Result<(), Failure> {
+/// Names a new sidecar, reclaiming an orphan that has the name: the new lock (`map`, not yet
+/// named) takes over what the orphan's dead holder had of Qt's semaphore `partner`.
+fn publish_sidecar(
+    fd: BorrowedFd<'_>,
+    side_name: &str,
+    map: &ControlMap,
+    partner: Option<&NamedSemaphore>,
+) -> Result<(), Failure> {
     for _ in 0..8 {
         match posix::publish(fd, side_name) {
             Ok(()) => return Ok(()),
             Err(Errno::EEXIST) => match reclaim_sidecar(side_name)? {
-                Reclaim::Reclaimed => {}
+                Reclaim::Reclaimed(orphan) => {
+                    if let (Some(orphan), Some(sem)) = (orphan, partner) {
+                        let doubt = u32::try_from(orphan.doubtful_holder).unwrap_or(0);
+                        map.control()
+                            .lock
+                            .inherit_dead_holder(orphan.lock_state, doubt, sem);
+                    }
+                }
                 Reclaim::InUse if retire_if_data_gone(side_name)? => {}
                 Reclaim::InUse => return Err(Failure::Os(Step::Open, Errno::EEXIST)),
                 Reclaim::NotOurs => {
@@ -420,7 +437,8 @@ fn publish_data(fd: BorrowedFd<'_>, file_name: &str) -> Result<(), Failure> {
 }
 
 enum Reclaim {
-    Reclaimed,
+    /// Removed (or gone already); the orphan's record if there was one, for its lock.
+    Reclaimed(Option<ControlRecord>),
     InUse,
     NotOurs,
 }
@@ -430,7 +448,7 @@ enum Reclaim {
 fn reclaim_sidecar(side_name: &str) -> Result<Reclaim, Failure> {
     let fd = match posix::open_existing(side_name, false) {
         Ok(fd) => fd,
-        Err(Errno::ENOENT) => return Ok(Reclaim::Reclaimed),
+        Err(Errno::ENOENT) => return Ok(Reclaim::Reclaimed(None)),
         Err(e) => return Err(Failure::Os(Step::Open, e)),
     };
     if posix::try_lock_exclusive(fd.as_fd()) != Ok(true) {
@@ -445,7 +463,7 @@ fn reclaim_sidecar(side_name: &str) -> Result<Reclaim, Failure> {
     }
     let side = posix::fstat(fd.as_fd()).map_err(|e| Failure::Os(Step::Stat, e))?;
     let _ = unlink_if_file(side_name, FileId::of(&side));
-    Ok(Reclaim::Reclaimed)
+    Ok(Reclaim::Reclaimed(Some(record)))
 }
 
 /// A control block in use whose data file no longer has the name: someone removed the data
