@@ -32,7 +32,7 @@ export QT_QPA_PLATFORM := offscreen
 step = @printf '==> %s\n' "$(1)"
 
 .PHONY: help test test-rust test-python test-wheel demo develop wheel lint format bench \
-        bench-quick clean
+        bench-quick bench-instr clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -143,6 +143,9 @@ bench: $(EXT) $(TEST_STAMP)  ## full benchmark run against PySide6, multiprocess
 
 bench-quick: $(EXT) $(TEST_STAMP)  ## the benchmark runner in its quick mode (what `make test` also runs)
 	$(PY) -m benchmarks --quick --output /tmp/qsharedmem-bench-quick
+
+bench-instr: $(EXT) $(TEST_STAMP)  ## instructions per lock()+unlock() and data() under callgrind, vs the peers
+	$(PY) -m benchmarks.instructions
 
 # stubtest compares the type stub with the built extension, hence $(EXT); mypy needs the test
 # dependencies (numpy's types, pytest's) as well as the group 'lint'.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import json
 import os
 import sys
 import tempfile
@@ -28,6 +29,7 @@ if sys.version_info < (3, 12):
     ctypes.c_ssize_t.from_address(id(None)).value += 1 << 30
 
 from ._harness import kill_children, leftovers, load_average, machine, sweep
+from .instructions import replace_section, section
 from .peers import all_peers
 from .report import write_chart, write_json, write_markdown
 from .workloads import WORKLOADS, Config, Run
@@ -87,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
 
     write_json(run, output / "results.json", header, elapsed)
     write_markdown(run, output / "results.md", header, elapsed)
+    # The instruction counts come from `make bench-instr`, a run of their own: keep them.
+    counted = output / "instructions.json"
+    if counted.exists():
+        recorded = json.loads(counted.read_text())
+        replace_section(output / "results.md", section(recorded["per_iteration"], recorded["date"]))
     write_chart(run, output / "results.png")
     _log(f"wrote {output / 'results.md'} ({elapsed:.0f} s)")
     return status

@@ -37,6 +37,7 @@ pub(super) struct Taken {
     pub(super) unreported_death: bool,
 }
 
+#[inline(always)]
 fn pid() -> u32 {
     u32::try_from(process::pid()).unwrap_or(0)
 }
@@ -82,10 +83,7 @@ impl Handle {
             Some(sem) => match lock.take_partner(sem.semaphore(), pid()) {
                 Ok(true) => {}
                 // A Qt process holds it, or it failed: the slow path waits, or reports.
-                _ => {
-                    let _ = lock.abandon();
-                    return None;
-                }
+                _ => return abandon(lock),
             },
             None => lock.note_holder(pid()),
         }
@@ -451,6 +449,15 @@ pub(super) fn unlock_internally(taken: Option<Taken>) {
         }
         held::mark_released(held::Identity::SysV(sem.native_key()));
     }
+}
+
+/// The hot path took the mutex but not Qt's semaphore: give the mutex back (the slow path
+/// waits for the semaphore, or reports).
+#[cold]
+#[inline(never)]
+fn abandon(lock: &RobustLock) -> Option<bool> {
+    let _ = lock.abandon();
+    None
 }
 
 /// After taking a paired lock's mutex from a dead holder: settles the dead holder's share of

@@ -55,7 +55,7 @@ impl RobustLock {
     /// With the mutex just taken: takes the semaphore too, if it is free now. `Ok(false)`: it
     /// is not (a Qt process holds it); then wait with [`Self::wait_partner`] or give up with
     /// [`Self::abandon`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn take_partner(&self, sem: &NamedSemaphore, pid: u32) -> Result<bool, Errno> {
         self.state.store(word(pid, PENDING), Ordering::Relaxed);
         match sem.try_wait() {

@@ -95,15 +95,18 @@ unsafe fn this<'a>(py: Python<'a>, slf: *mut ffi::PyObject) -> &'a PySharedMemor
     }
 }
 
+#[inline]
 fn py_bool(value: bool) -> *mut ffi::PyObject {
-    // SAFETY: the GIL is held; `Py_NewRef` returns a new reference to the immortal-or-not
-    // singletons.
+    // SAFETY: the GIL is held; a new reference to the singleton (an inline increment under the
+    // limited API of 3.11, where `Py_NewRef` would be a call).
     unsafe {
-        ffi::Py_NewRef(if value {
+        let object = if value {
             ffi::Py_True()
         } else {
             ffi::Py_False()
-        })
+        };
+        ffi::Py_INCREF(object);
+        object
     }
 }
 
@@ -153,7 +156,25 @@ unsafe extern "C" fn lock(
         if shm.handle().try_lock_now(&quiescent).is_some() {
             return py_bool(true);
         }
+        // SAFETY: no arguments (so none has to be kept across the hot path's call).
+        return unsafe { lock_slow(shm, ptr::null(), 0, ptr::null_mut()) };
     }
+    // SAFETY: as this function's own arguments.
+    unsafe { lock_slow(shm, args, nargs, kwnames) }
+}
+
+/// `lock()` beyond the hot path (kept out of it, so that the hot path's frame stays small).
+///
+/// # Safety
+/// The arguments of a `METH_FASTCALL|METH_KEYWORDS` call, with the GIL held.
+#[cold]
+#[inline(never)]
+unsafe fn lock_slow(
+    shm: &PySharedMemory,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
     slow(|py| {
         // SAFETY: CPython passes `nargs` positional arguments followed by one per name in
         // `kwnames`, all borrowed for the call.
@@ -213,6 +234,13 @@ unsafe extern "C" fn unlock(slf: *mut ffi::PyObject, _: *mut ffi::PyObject) -> *
     if shm.handle().unlock_now(&quiescent).is_some() {
         return py_bool(true);
     }
+    unlock_slow(shm)
+}
+
+/// `unlock()` beyond the hot path.
+#[cold]
+#[inline(never)]
+fn unlock_slow(shm: &PySharedMemory) -> *mut ffi::PyObject {
     slow(|py| Ok(bool_object(py, shm.unlock_slow(py))))
 }
 

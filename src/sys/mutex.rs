@@ -140,6 +140,7 @@ impl RawMutex {
 
     /// Tries to lock without waiting: `EBUSY` if another thread holds it, `EDEADLK` if the
     /// calling thread does.
+    #[inline]
     pub fn try_lock(&self) -> SysResult<Acquired> {
         // SAFETY: `self` is an initialised process-shared mutex in live memory (a reference to
         // it exists only into a mapping of a validated control block).
@@ -165,6 +166,7 @@ impl RawMutex {
 
     /// Unlocks: `EPERM` if the calling thread does not hold the mutex (glibc checks the futex
     /// word's TID before it touches anything else).
+    #[inline]
     pub fn unlock(&self) -> SysResult<()> {
         // SAFETY: as in `try_lock`.
         check(unsafe { libc::pthread_mutex_unlock(self.ptr()) })

@@ -67,9 +67,26 @@ impl NamedSemaphore {
     }
 
     /// `sem_trywait`: `EAGAIN` if the value is 0.
+    #[inline]
     pub fn try_wait(&self) -> SysResult<()> {
         // SAFETY: `sem` is an open semaphore for as long as `self` lives.
-        retry(|| cvt(unsafe { libc::sem_trywait(self.sem.as_ptr()) })).map(drop)
+        if unsafe { libc::sem_trywait(self.sem.as_ptr()) } == 0 {
+            return Ok(());
+        }
+        self.try_wait_failed()
+    }
+
+    /// A `sem_trywait` that failed: its `errno`, after retrying an interrupted one.
+    #[cold]
+    #[inline(never)]
+    fn try_wait_failed(&self) -> SysResult<()> {
+        match Errno::last() {
+            Errno::EINTR => {
+                // SAFETY: as in `try_wait`.
+                retry(|| cvt(unsafe { libc::sem_trywait(self.sem.as_ptr()) })).map(drop)
+            }
+            other => Err(other),
+        }
     }
 
     /// `sem_timedwait` for at most `wait`: `ETIMEDOUT` when it passes; `EINTR` is returned so
@@ -81,9 +98,13 @@ impl NamedSemaphore {
     }
 
     /// `sem_post`.
+    #[inline]
     pub fn post(&self) -> SysResult<()> {
         // SAFETY: `sem` is an open semaphore.
-        cvt(unsafe { libc::sem_post(self.sem.as_ptr()) }).map(drop)
+        if unsafe { libc::sem_post(self.sem.as_ptr()) } == 0 {
+            return Ok(());
+        }
+        Err(Errno::last())
     }
 
     /// `sem_getvalue`.

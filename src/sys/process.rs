@@ -11,11 +11,18 @@ static PID: AtomicI32 = AtomicI32::new(0);
 /// Cached: glibc no longer caches it, and a system call costs more than the whole uncontended
 /// lock this is recorded for. The fork handler clears the cache in the child.
 #[must_use]
+#[inline]
 pub fn pid() -> i32 {
     let cached = PID.load(Ordering::Relaxed);
     if cached != 0 {
         return cached;
     }
+    pid_uncached()
+}
+
+#[cold]
+#[inline(never)]
+fn pid_uncached() -> i32 {
     // Installs the fork handler that clears the cache before the cache is filled.
     let _ = fork_generation();
     // SAFETY: getpid has no preconditions.
