@@ -34,6 +34,7 @@ from conftest import (
     sysv_objects_for_file,
     sysv_remove,
 )
+from reliability_support import start_agent
 
 S = qsharedmem.QSharedMemory
 CHURN_WORKER = HELPERS_DIR / "churn_worker.py"
@@ -338,3 +339,38 @@ def test_six_churning_processes_never_see_a_torn_record_that_no_death_explains(
     )
     assert result.returncode == 0, result.stderr
     assert list(tmpfs_tmpdir.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The churn found it: the death recorded in a lock set must outlive the set's creator
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "systemv"])
+def test_a_holder_death_survives_the_lock_sets_creator_going_away(
+    procs: ChildProcesses, make_key: KeyRegistry, legacy: bool
+):
+    """A's handle made the lock set; B dies holding the lock (its record half-written); then
+    A's handle goes, which by Qt's rule removes the set it created. The death is recorded only
+    in the set (its missing token): C's next lock() must still report it, so the set stays
+    while the segment lives (it used to be removed, and C's lock came from a fresh set)."""
+    name = make_key("deathkept")
+    K = qsharedmem.QNativeIpcKey
+    key = S(name).nativeIpcKey() if legacy else S.platformSafeKey(name, K.Type.SystemV)
+    make_key.record(key)
+    a = S(key)
+    assert a.create(64), a.errorString()
+    c = S(key)
+    assert c.attach(), c.errorString()
+    b = start_agent(procs)
+    assert b.call("key", "h", key.toString()).r is True
+    assert b.call("attach", "h").r is True
+    assert b.call("lock", "h", 5).r is True
+    assert b.call("write", "h", 0, "aa" * 8).r is True  # half a record
+    b.kill()
+    assert a.detach()
+    del a  # the set's creator goes
+    assert c.lock(timeout=5), c.errorString()
+    assert c.lockOwnerDied(), "the death recorded in the set was lost with the set"
+    assert c.unlock()
+    assert c.detach()
+    del c

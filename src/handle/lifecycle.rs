@@ -718,12 +718,15 @@ fn cleanup_semaphore(semaphore: Option<(Semaphore, NativeIpcKey)>) {
                 let segment_key = key.native_key().to_owned();
                 sysv_segment::run_under_lock(
                     &sem,
-                    Box::new(move |sem| {
-                        if sysv_segment::segment_exists(&segment_key, project_id) {
-                            sem.remove_set();
-                        } else {
+                    Box::new(move |sem, died| {
+                        if !sysv_segment::segment_exists(&segment_key, project_id) {
                             sem.remove();
+                        } else if died == sysv_segment::HolderDied(false) {
+                            sem.remove_set();
                         }
+                        // A set whose holder died while a segment lives on keeps the death
+                        // for the next lock() to report (a new set would not know of it,
+                        // and the data may be half-written); the last detacher removes it.
                     }),
                 );
             }

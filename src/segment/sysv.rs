@@ -71,7 +71,7 @@ impl Drop for SysVAttachment {
         let (shmid, key_file, project_id) = (self.shmid, self.key_file.clone(), self.project_id);
         run_under_lock(
             &self.lock,
-            Box::new(move |lock| {
+            Box::new(move |lock, _| {
                 remove_if_unused(shmid, &key_file, project_id, lock);
             }),
         );
@@ -247,8 +247,14 @@ fn key_in_use(key_file: &CString, project_id: u8) -> bool {
 /// check to the background reaper.
 const CLEANUP_WAIT: Duration = Duration::from_secs(2);
 
-/// Work that must run while holding a System V lock (a cleanup decision).
-pub(crate) type UnderLock = Box<dyn FnOnce(&SysVSemaphore) + Send>;
+/// Work that must run while holding a System V lock (a cleanup decision). The flag says that
+/// the lock was taken from a holder that died: its death is recorded in the set (the missing
+/// token), and the next `lock()` reports it unless the set is removed.
+pub(crate) type UnderLock = Box<dyn FnOnce(&SysVSemaphore, HolderDied) + Send>;
+
+/// Whether a lock taken for a cleanup came from a holder that died (see [`UnderLock`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HolderDied(pub(crate) bool);
 
 /// Runs `action` under `lock`: at once if this thread holds the lock or it becomes free within
 /// [`CLEANUP_WAIT`]; otherwise on the reaper thread, which waits for it. A destructor that
@@ -257,12 +263,13 @@ pub(crate) type UnderLock = Box<dyn FnOnce(&SysVSemaphore) + Send>;
 /// out gone.
 pub(crate) fn run_under_lock(lock: &Arc<SysVSemaphore>, action: UnderLock) {
     if lock.held_by_current_thread() {
-        action(lock);
+        // This thread's own hold: its death status is its caller's.
+        action(lock, HolderDied(false));
         return;
     }
     match lock.lock_for_cleanup(CLEANUP_WAIT) {
         Ok(Some(recovered)) => {
-            action(lock);
+            action(lock, HolderDied(recovered));
             lock.unlock_after_cleanup(recovered);
         }
         Ok(None) => reap_later(lock.clone(), action),
@@ -327,7 +334,7 @@ fn reap_later(lock: Arc<SysVSemaphore>, action: UnderLock) {
                     loop {
                         match lock.lock_for_cleanup(Duration::from_secs(60)) {
                             Ok(Some(recovered)) => {
-                                action(&lock);
+                                action(&lock, HolderDied(recovered));
                                 lock.unlock_after_cleanup(recovered);
                                 break;
                             }
@@ -365,7 +372,7 @@ fn reap_later(lock: Arc<SysVSemaphore>, action: UnderLock) {
     }
     if let Some((lock, action)) = job {
         if let Ok(Some(recovered)) = lock.lock_for_cleanup(CLEANUP_WAIT) {
-            action(&lock);
+            action(&lock, HolderDied(recovered));
             lock.unlock_after_cleanup(recovered);
         }
     }
