@@ -132,6 +132,8 @@ pub struct ShmStat {
     pub changed: i64,
     /// Owner uid.
     pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
     /// Permission bits.
     pub mode: u32,
     /// The IPC key the segment was created with (`IPC_PRIVATE` once removed).
@@ -166,6 +168,7 @@ pub fn shm_stat(id: i32) -> SysResult<ShmStat> {
         last_pid: ds.shm_lpid,
         changed: ds.shm_ctime,
         uid: ds.shm_perm.uid,
+        gid: ds.shm_perm.gid,
         mode: u32::from(ds.shm_perm.mode),
         key: ds.shm_perm.__key,
     })
