@@ -18,6 +18,7 @@
 
 mod lifecycle;
 mod locking;
+mod notify;
 pub(crate) mod qt_errors;
 mod remove;
 
