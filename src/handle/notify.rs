@@ -85,6 +85,42 @@ impl Handle {
         Event::find(attachment, control, id)
     }
 
+    /// One attempt to take the lock for an asynchronous waiter (an asyncio task): `Ok(Some(
+    /// owner_died))` if this call took it; `Ok(None)` if it is busy: held by another process or
+    /// thread, *or by this very handle* (another task of the same event loop holds it; unlike
+    /// `lock()`, which returns true then, a task must wait for it). With `record_busy` (the last
+    /// attempt before a timeout) a busy lock is recorded as `lock()`'s time-out error.
+    ///
+    /// # Errors
+    /// As [`Self::lock_with`]: no lock set up yet, an OS error.
+    pub fn try_lock_for_task(&self, record_busy: bool) -> Result<Option<bool>, Error> {
+        if self.is_locked() {
+            if record_busy {
+                let mut state = self.state();
+                self.record(
+                    &mut state,
+                    Error::with_errno(
+                        ErrorKind::LockError,
+                        "QSharedMemory::lock: unable to lock (timed out; this handle holds it)",
+                        Errno::ETIMEDOUT,
+                    ),
+                );
+            }
+            return Ok(None);
+        }
+        if !record_busy {
+            return self.try_lock();
+        }
+        match self.lock_with(
+            Some(std::time::Duration::ZERO),
+            &mut crate::wait::uninterrupted,
+        ) {
+            Ok(died) => Ok(Some(died)),
+            Err(e) if e.os_error() == Some(Errno::ETIMEDOUT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The aligned 32- or 64-bit word at `offset` of the attached segment's data, for atomic
     /// operations, waits and wake-ups (any backend: the word is in the user's bytes).
     ///
