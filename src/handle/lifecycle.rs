@@ -427,8 +427,10 @@ impl Handle {
         }
     }
 
-    /// `QSharedMemory::attach(mode)` with a bound on the wait for a segment held exclusively
-    /// and an interrupt check. Attaching an attached handle is an error Qt does not record.
+    /// `QSharedMemory::attach(mode)` with a bound on its waits (for a POSIX segment held
+    /// exclusively, for a System V key's lock; `None`: Qt's, as long as it takes) and an
+    /// interrupt check. Attaching an attached handle is an error Qt does not record. To wait
+    /// for a segment that does not exist yet, see [`Handle::attach_when_created`].
     ///
     /// # Errors
     /// Qt's: `KeyError`, `NotFound`, `PermissionDenied`, `LockError`...
@@ -452,8 +454,12 @@ impl Handle {
                 ..
             } => {
                 drop(state);
-                let taken =
-                    self.lock_internally(&semaphore, "QSharedMemory::attach", &mut *interrupt)?;
+                let taken = self.lock_internally_within(
+                    &semaphore,
+                    "QSharedMemory::attach",
+                    timeout,
+                    &mut *interrupt,
+                )?;
                 testpoint::step("attach:locked");
                 let mut state = self.state();
                 let native_key = state.key.native_key().to_owned();

@@ -16,6 +16,7 @@
 //! * Everything a forked child inherits is checked against the fork generation: a child never
 //!   believes it holds its parent's lock, and its attachments take counts of their own.
 
+mod attach_wait;
 mod lifecycle;
 mod locking;
 mod notify;

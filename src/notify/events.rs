@@ -52,6 +52,7 @@ impl Control {
             return Ok(index);
         }
         let _namer = self.take_namer()?;
+        crate::testpoint::step("event:naming");
         if let Some(index) = self.find_event(name) {
             return Ok(index);
         }

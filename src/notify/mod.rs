@@ -32,7 +32,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use waiting::{WaitFor, DEFAULT_SPIN};
+pub use waiting::{late_wakeups, WaitFor, DEFAULT_SPIN};
 pub use words::{AtomicWord, Width};
 
 use crate::error::{Error, ErrorKind};
@@ -170,6 +170,7 @@ impl Notifier {
         notify
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        crate::testpoint::step("notify:bumped");
         wake_counted(&notify.generation, &notify.waiters, count)
     }
 

@@ -269,9 +269,4 @@ impl<T: Width> AtomicWord<T> {
         let (sleep_offset, value) = T::sleep_word(self.offset, expected);
         (self.map().futex_word(sleep_offset), value)
     }
-
-    /// The attachment the word lives in.
-    pub(crate) fn attachment(&self) -> &Arc<Attachment> {
-        &self.attachment
-    }
 }

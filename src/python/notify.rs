@@ -240,6 +240,7 @@ impl PyEvent {
         self.inner.token()
     }
 
+    #[pyo3(signature = (token, /))]
     fn _set_since(&self, token: u32) -> bool {
         self.inner.set_since(token)
     }
@@ -322,6 +323,7 @@ impl PyAtomicWord {
     }
 
     /// `store(value)`; TypeError for a ReadOnly attachment.
+    #[pyo3(signature = (value, /))]
     fn store(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
         let v = self.value(value, "value")?;
         match &self.inner {
@@ -333,6 +335,7 @@ impl PyAtomicWord {
 
     /// `add(delta) -> int`: adds (wrapping around; a negative delta subtracts) and returns the
     /// value before.
+    #[pyo3(signature = (delta, /))]
     fn add(&self, py: Python<'_>, delta: &Bound<'_, PyAny>) -> PyResult<u64> {
         let d = self.delta(delta)?;
         match &self.inner {
@@ -344,6 +347,7 @@ impl PyAtomicWord {
 
     /// `compare_exchange(expected, desired) -> (bool, int)`: stores `desired` if the word
     /// holds `expected`; returns whether it did and the value it held.
+    #[pyo3(signature = (expected, desired, /))]
     fn compare_exchange(
         &self,
         py: Python<'_>,
@@ -493,6 +497,7 @@ impl PyWatchQueue {
     }
 
     /// Registers a wait for `shm`'s generation to differ from `generation`.
+    #[pyo3(signature = (shm, generation, /))]
     fn watch_generation(
         &self,
         py: Python<'_>,
@@ -511,6 +516,7 @@ impl PyWatchQueue {
     }
 
     /// Registers a wait for `event` to be set after `token` was read.
+    #[pyo3(signature = (event, token, /))]
     fn watch_event(&self, event: &Bound<'_, PyEvent>, token: u32) -> PyResult<u64> {
         self.watch(Source::Event {
             event: event.get().inner.clone(),
@@ -519,6 +525,7 @@ impl PyWatchQueue {
     }
 
     /// Registers a wait for `word` to hold another value than `expected`.
+    #[pyo3(signature = (word, expected, /))]
     fn watch_word(&self, word: &Bound<'_, PyAtomicWord>, expected: u64) -> PyResult<u64> {
         self.watch(match &word.get().inner {
             Word::U32(w) => Source::Word32 {
@@ -534,6 +541,7 @@ impl PyWatchQueue {
 
     /// Forgets a registration (completed or not).
     #[staticmethod]
+    #[pyo3(signature = (id, /))]
     fn cancel(id: u64) {
         watcher::cancel(id);
     }
@@ -545,7 +553,16 @@ impl PyWatchQueue {
     }
 }
 
+/// How many times a sleeping waiter of this process found its word changed only when its
+/// 100 ms slice ended, instead of being woken (0 unless a notifier died or stalled in between):
+/// a diagnostic for tests.
+#[pyfunction]
+fn _late_wakeups() -> u64 {
+    crate::notify::late_wakeups()
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_late_wakeups, m)?)?;
     m.add_class::<PyEvent>()?;
     m.add_class::<PyAtomicWord>()?;
     m.add_class::<PyWatchQueue>()?;

@@ -205,12 +205,23 @@ impl PySharedMemory {
         })
     }
 
-    /// `attach(mode=ReadWrite) -> bool`
-    #[pyo3(signature = (mode = None))]
-    fn attach(&self, py: Python<'_>, mode: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    /// `attach(mode=ReadWrite, timeout=None) -> bool`; with a timeout (seconds, `inf`: as long
+    /// as it takes) it waits for the segment to be created.
+    #[pyo3(signature = (mode = None, timeout = None))]
+    fn attach(
+        &self,
+        py: Python<'_>,
+        mode: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
         let mode = mode.map(access_mode).transpose()?.unwrap_or_default();
-        self.waiting(py, |handle, interrupt| {
-            handle.attach_with(mode, None, interrupt).is_ok()
+        let wait = match timeout.filter(|t| !t.is_none()) {
+            None => None,
+            Some(t) => Some(self::timeout(Some(t))?.unwrap_or(Duration::MAX)),
+        };
+        self.waiting(py, |handle, interrupt| match wait {
+            None => handle.attach_with(mode, None, interrupt).is_ok(),
+            Some(wait) => handle.attach_when_created(mode, wait, interrupt).is_ok(),
         })
     }
 
@@ -456,11 +467,13 @@ impl PySharedMemory {
     }
 
     /// `event(name_or_index) -> Event`
-    fn event(&self, py: Python<'_>, id: &Bound<'_, PyAny>) -> PyResult<notify::PyEvent> {
-        notify::event(py, &self.handle, id)
+    #[pyo3(signature = (name_or_index, /))]
+    fn event(&self, py: Python<'_>, name_or_index: &Bound<'_, PyAny>) -> PyResult<notify::PyEvent> {
+        notify::event(py, &self.handle, name_or_index)
     }
 
     /// `atomic_u32(offset) -> AtomicWord`
+    #[pyo3(signature = (offset, /))]
     fn atomic_u32(
         &self,
         py: Python<'_>,
@@ -470,6 +483,7 @@ impl PySharedMemory {
     }
 
     /// `atomic_u64(offset) -> AtomicWord`
+    #[pyo3(signature = (offset, /))]
     fn atomic_u64(
         &self,
         py: Python<'_>,
