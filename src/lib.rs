@@ -29,7 +29,9 @@
 //! ```text
 //! shared_memory, system_semaphore, inspect     the façades: Qt's API, the CLI's survey
 //!   handle                                      Qt's state machine, thread-safe; Qt's texts
-//!     segment/{posix,sysv,control,registry}     the OS objects and their lifecycle
+//!     notify/{waiting,events,words,watcher}     wait/notify, events, atomic words, asyncio's
+//!                                               watcher thread
+//!     segment/{posix,sysv,sysv_notify,control,registry}   the OS objects and their lifecycle
 //!       lock/{robust_mutex,paired,sysv_sem,posix_sem,held}   the lock primitives
 //!         key/{qt_url,qt_paths}, error, wait    values, Qt's key rules, waiting in slices
 //!           sys/                                the only calls into libc
@@ -70,6 +72,7 @@ pub mod handle;
 pub mod inspect;
 pub mod key;
 pub(crate) mod lock;
+pub mod notify;
 pub mod segment;
 mod shared_memory;
 mod sys;
@@ -85,6 +88,7 @@ pub use error::{
 };
 pub use handle::Handle;
 pub use key::{IpcObject, KeyType, NativeIpcKey};
+pub use notify::{AtomicWord, Event, EventId, Notifier, NotifyError, WaitFor};
 pub use segment::{AccessMode, Permissions};
 pub use shared_memory::{LockGuard, SharedMemory};
 pub use system_semaphore::SystemSemaphore;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::error::Error;
 use crate::handle::Handle;
 use crate::key::{IpcObject, KeyType, NativeIpcKey};
+use crate::notify::{AtomicWord, Event, EventId, Notifier, NotifyError};
 use crate::segment::{AccessMode, Attachment, Permissions, SegmentKind};
 use crate::wait::{uninterrupted, Interrupt};
 
@@ -259,6 +260,88 @@ impl SharedMemory {
     pub fn attach_with(&mut self, mode: AccessMode, interrupt: Interrupt<'_>) -> crate::Result<()> {
         let result = self.handle.attach_with(mode, None, interrupt);
         self.settle(result)
+    }
+
+    /// [`attach`](Self::attach), waiting at most `timeout` for the segment to be created if it
+    /// does not exist yet (`Duration::MAX`: as long as it takes), so that programs can start in
+    /// any order: `inotify` on `/dev/shm` for POSIX keys, polling with a backoff for System V.
+    ///
+    /// # Errors
+    /// As [`attach`](Self::attach); `NotFound` if the segment did not appear in time.
+    pub fn attach_timeout(&mut self, mode: AccessMode, timeout: Duration) -> crate::Result<()> {
+        let result = self
+            .handle
+            .attach_when_created(mode, timeout, &mut uninterrupted);
+        self.settle(result)
+    }
+
+    /// The segment's notify generation: [`Notifier::notify`], [`Notifier::wait_changed`].
+    ///
+    /// # Errors
+    /// Not attached; a foreign segment whose control block this process may not write.
+    pub fn notifier(&self) -> Result<Notifier, NotifyError> {
+        self.handle.notifier()
+    }
+
+    /// The segment's generation now (see [`Notifier`]).
+    ///
+    /// # Errors
+    /// As [`notifier`](Self::notifier).
+    pub fn generation(&self) -> Result<u32, NotifyError> {
+        Ok(self.notifier()?.generation())
+    }
+
+    /// Waits until another process notified since `generation`, at most `timeout` (`None`: as
+    /// long as it takes): `Ok(true)` then, `Ok(false)` on timeout (see [`Notifier`]).
+    ///
+    /// # Errors
+    /// As [`notifier`](Self::notifier).
+    pub fn wait_changed(
+        &self,
+        generation: u32,
+        timeout: Option<Duration>,
+    ) -> Result<bool, NotifyError> {
+        Ok(self.notifier()?.wait_changed(generation, timeout))
+    }
+
+    /// Bumps the generation and wakes one waiter; returns how many it woke.
+    ///
+    /// # Errors
+    /// As [`notifier`](Self::notifier).
+    pub fn notify(&self) -> Result<u32, NotifyError> {
+        Ok(self.notifier()?.notify())
+    }
+
+    /// Bumps the generation and wakes every waiter; returns how many it woke.
+    ///
+    /// # Errors
+    /// As [`notifier`](Self::notifier).
+    pub fn notify_all(&self) -> Result<u32, NotifyError> {
+        Ok(self.notifier()?.notify_all())
+    }
+
+    /// One of the segment's 32 events, by name (named now if new) or by slot number.
+    ///
+    /// # Errors
+    /// As [`notifier`](Self::notifier); a bad index or name; all 32 in use.
+    pub fn event(&self, id: EventId<'_>) -> Result<Event, NotifyError> {
+        self.handle.event(id)
+    }
+
+    /// The aligned 32-bit word at `offset` of the data, for atomics, waits and wake-ups.
+    ///
+    /// # Errors
+    /// Not attached; `offset` misaligned or past the end.
+    pub fn atomic_u32(&self, offset: usize) -> Result<AtomicWord<u32>, NotifyError> {
+        self.handle.atomic_word(offset)
+    }
+
+    /// The aligned 64-bit word at `offset` of the data (see [`atomic_u32`](Self::atomic_u32)).
+    ///
+    /// # Errors
+    /// As [`atomic_u32`](Self::atomic_u32).
+    pub fn atomic_u64(&self, offset: usize) -> Result<AtomicWord<u64>, NotifyError> {
+        self.handle.atomic_word(offset)
     }
 
     /// `QSharedMemory::detach()`: always lets go of the memory. If this handle holds the lock,

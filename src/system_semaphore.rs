@@ -43,6 +43,7 @@ use crate::key::{IpcObject, KeyType, NativeIpcKey};
 use crate::lock::posix_sem::PosixSemaphore;
 use crate::lock::sysv_sem::{SysVSemaphore, COUNTER_SET_SIZE};
 use crate::lock::SemMode;
+use crate::segment::Permissions;
 use crate::sys::{process, Errno};
 use crate::wait::{uninterrupted, wait_in_slices, Interrupt, Waited};
 
@@ -114,6 +115,7 @@ impl Handle {
         key: &NativeIpcKey,
         initial_value: i32,
         mode: AccessMode,
+        permissions: Permissions,
     ) -> Result<Self, SemaphoreError> {
         let native = key.native_key();
         if native.contains('\0') {
@@ -126,19 +128,36 @@ impl Handle {
             ));
         }
         let os = match key.key_type().backend() {
-            Some(Backend::SysV { project_id }) => OsSemaphore::SysV(SysVSemaphore::open(
-                native,
-                project_id,
-                initial_value,
-                COUNTER_SET_SIZE,
-                mode.into(),
-                0o600,
-            )?),
+            Some(Backend::SysV { project_id }) => {
+                let sem = SysVSemaphore::open(
+                    native,
+                    project_id,
+                    initial_value,
+                    COUNTER_SET_SIZE,
+                    mode.into(),
+                    permissions.mode & 0o777,
+                )?;
+                // The group, and the key file's bits (made 0640, as Qt makes it).
+                if (permissions.explicit || permissions.group.is_some()) && sem.owns_semaphore() {
+                    let _ = sem.set_permissions(permissions.mode, permissions.group);
+                }
+                OsSemaphore::SysV(sem)
+            }
             Some(Backend::Posix) => {
                 // Qt passes the int to sem_open's unsigned parameter: a negative value becomes
                 // a huge one, which glibc refuses with EINVAL, as it does for Qt.
                 let value = initial_value as u32;
-                OsSemaphore::Posix(PosixSemaphore::open(native, value, mode.into())?)
+                let sem = PosixSemaphore::open_with_permissions(
+                    native,
+                    value,
+                    mode.into(),
+                    permissions.mode & 0o777,
+                )?;
+                // sem_open applies the umask; asked-for bits are set exactly.
+                if (permissions.explicit || permissions.group.is_some()) && sem.owns_semaphore() {
+                    let _ = sem.set_permissions(permissions.mode, permissions.group);
+                }
+                OsSemaphore::Posix(sem)
             }
             // Only the empty key a semaphore starts with can have an unsupported type
             // (set_native_key refuses the others); Qt on Linux hands it to the System V
@@ -230,6 +249,8 @@ struct State {
     /// The open semaphore; `None` until an open succeeds (then every operation tries again).
     handle: Option<Arc<Handle>>,
     error: Option<SemaphoreError>,
+    /// Who may use a semaphore this object creates (Qt's 0600 by default).
+    permissions: Permissions,
 }
 
 /// `QSystemSemaphore`: a counting semaphore shared between processes by key, with Qt 6's API
@@ -290,12 +311,27 @@ impl SystemSemaphore {
     #[doc(alias = "QSystemSemaphore::QSystemSemaphore")]
     #[must_use]
     pub fn new(key: NativeIpcKey, initial_value: i32, mode: AccessMode) -> Self {
+        Self::with_permissions(key, initial_value, mode, Permissions::default())
+    }
+
+    /// [`Self::new`], giving a semaphore it creates (now, or again later: a System V semaphore
+    /// removed by its owner is re-created by the next user) `permissions` instead of Qt's 0600
+    /// (the mode exactly, not less the umask, and the group if one is given), so that other
+    /// accounts may use it.
+    #[must_use]
+    pub fn with_permissions(
+        key: NativeIpcKey,
+        initial_value: i32,
+        mode: AccessMode,
+        permissions: Permissions,
+    ) -> Self {
         let sem = Self {
             state: Mutex::new(State {
                 key: NativeIpcKey::empty(key.key_type()),
                 initial_value: 0,
                 handle: None,
                 error: None,
+                permissions,
             }),
         };
         let _ = sem.set_native_key(key, initial_value, mode);
@@ -416,7 +452,7 @@ impl SystemSemaphore {
         }
         state.key = key;
         state.initial_value = initial_value;
-        match Handle::open(&state.key, initial_value, mode) {
+        match Handle::open(&state.key, initial_value, mode, state.permissions) {
             Ok(handle) => {
                 state.handle = Some(Arc::new(handle));
                 Ok(())
@@ -472,7 +508,12 @@ impl SystemSemaphore {
         if let Some(handle) = &state.handle {
             return Ok(Arc::clone(handle));
         }
-        match Handle::open(&state.key, state.initial_value, AccessMode::Open) {
+        match Handle::open(
+            &state.key,
+            state.initial_value,
+            AccessMode::Open,
+            state.permissions,
+        ) {
             Ok(handle) => {
                 let handle = Arc::new(handle);
                 state.handle = Some(Arc::clone(&handle));

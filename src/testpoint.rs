@@ -19,6 +19,8 @@
 //! | detach | `detach:begin`, `detach:exclusive` (last one: `LOCK_EX` held, name not yet removed), `detach:unlinked` | `detach:begin`, `detach:locked` (semaphore held, still attached), `detach:unmapped` (`shmdt` done, last-detacher check not yet made), `detach:removed` (segment removed, key file and semaphore not yet) |
 //! | lock | `lock:owned` (mutex taken, Qt's semaphore not yet), `lock:acquired` | `lock:acquired` |
 //! | unlock | `unlock:begin`, `unlock:semaphore-released` (Qt's semaphore given back, mutex still held), `unlock:released` | `unlock:begin`, `unlock:released` |
+//! | notify | `notify:bumped` (generation bumped, sleepers not yet woken) | the same |
+//! | naming an event | `event:naming` (the namer word taken, no slot claimed yet) | the same |
 //! | opening the lock | — | `lock-set:keyed` (`ftok` of the lock's key file done, `semget` not yet), `lock-set:created` (set created, not yet initialised) |
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

@@ -427,7 +427,11 @@ class KeyRegistry:
         for path in files:
             if os.path.lexists(path):
                 found.append(str(path))
-                found += [describe_sysv(o, path) for o in sysv_objects_for_file(path, objects)]
+                for obj in sysv_objects_for_file(path, objects):
+                    found.append(describe_sysv(obj, path))
+                    block = sysv_notify_block(obj)
+                    if block is not None and block.exists():
+                        found.append(str(block))
         return found
 
     def cleanup(self) -> list[str]:
@@ -439,6 +443,11 @@ class KeyRegistry:
             for obj in sysv_objects_for_file(path, objects):
                 sysv_remove(obj)
                 removed.append(describe_sysv(obj, path))
+                block = sysv_notify_block(obj)
+                if block is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        block.unlink()
+                        removed.append(str(block))
         for path in [*files, *shm_paths]:
             # OSError: also names that cannot exist (too long, a component is not a directory)
             with contextlib.suppress(OSError):
@@ -446,6 +455,11 @@ class KeyRegistry:
                 removed.append(str(path))
         self.removed += removed
         return removed
+
+
+def sysv_notify_block(obj: SysvObject) -> Path | None:
+    """The wait/notify block qsharedmem keeps for a System V segment (``qsm-sysv-<shmid>``)."""
+    return DEV_SHM / f"qsm-sysv-{obj.ident}.qsm" if obj.kind == "shm" else None
 
 
 @pytest.fixture

@@ -40,7 +40,14 @@ from ._errors import (
     PermissionDeniedError,
     SharedMemoryError,
 )
-from ._qsharedmem import QNativeIpcKey, QSharedMemory, QSystemSemaphore, __version__
+from ._qsharedmem import (
+    AtomicWord,
+    Event,
+    QNativeIpcKey,
+    QSharedMemory,
+    QSystemSemaphore,
+    __version__,
+)
 from .shared_memory import ShareableList, SharedMemory
 
 if _typing.TYPE_CHECKING:
@@ -48,6 +55,8 @@ if _typing.TYPE_CHECKING:
 
 __all__ = [
     "AlreadyExistsError",
+    "AtomicWord",
+    "Event",
     "InvalidKeyError",
     "InvalidSizeError",
     "LockError",

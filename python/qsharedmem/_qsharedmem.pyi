@@ -11,7 +11,8 @@ default.
 
 import builtins
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import (
     Any,
@@ -37,15 +38,19 @@ from ._enums import SystemSemaphoreError as _SystemSemaphoreErrorCode
 from ._errors import SharedMemoryError as _SharedMemoryException
 
 __all__ = [
+    "AtomicWord",
+    "Event",
     "QNativeIpcKey",
     "QSharedMemory",
     "QSystemSemaphore",
     "_LockedContext",
     "_SegmentBuffer",
+    "_WatchQueue",
     "__version__",
     "_after_fork_in_child",
     "_after_fork_in_parent",
     "_before_fork",
+    "_late_wakeups",
     "_rebuild_qsharedmemory",
     "_release_at_exit",
     "collect_garbage",
@@ -140,10 +145,22 @@ class QSharedMemory:
     def __init__(self, key: _KeyArg | None = None, parent: object | None = None) -> None:
         """``QSharedMemory()``, ``QSharedMemory(key)``; ``parent`` (a QObject in PySide6)
         is accepted and unused. Called again on a live handle, detaches it first."""
-    def create(self, size: SupportsIndex, mode: _AccessMode | int | None = None) -> bool:
-        """Creates and attaches a segment of ``size`` bytes (``mode`` ``None``: ReadWrite)."""
-    def attach(self, mode: _AccessMode | int | None = None) -> bool:
-        """Attaches to the existing segment (``mode`` ``None``: ReadWrite)."""
+    def create(
+        self,
+        size: SupportsIndex,
+        mode: _AccessMode | int | None = None,
+        *,
+        permissions: int | None = None,
+        group: int | str | None = None,
+    ) -> bool:
+        """Creates and attaches a segment of ``size`` bytes (``mode`` ``None``: ReadWrite).
+
+        ``permissions`` (exact bits, default Qt's 0600 less the umask) and ``group`` (a name or
+        gid) go to every object it makes: the segment, its control block, Qt's lock semaphore,
+        the System V key files."""
+    def attach(self, mode: _AccessMode | int | None = None, timeout: float | None = None) -> bool:
+        """Attaches to the existing segment (``mode`` ``None``: ReadWrite). With a ``timeout``
+        (seconds, ``math.inf``: as long as it takes) waits for it to be created first."""
     def detach(self) -> bool: ...
     def remove(self) -> bool:
         """Removes the segment's key now (multiprocessing's ``unlink()``); attachments keep
@@ -193,6 +210,37 @@ class QSharedMemory:
     def locked(self, timeout: float | None = None) -> _LockedContext[Self]:
         """``with shm.locked():`` holds the lock for the block; raises
         ``LockTimeoutError``/``LockError`` if it cannot be taken."""
+    # -- wait and notify (docs/notify.md) -------------------------------------------------
+    def generation(self) -> int:
+        """The segment's notify generation, a 32-bit counter bumped by ``notify()``."""
+    def wait_changed(
+        self, generation: int, timeout: float | None = None, *, spin: float | None = None
+    ) -> bool:
+        """Waits until the generation is no longer ``generation`` (True; at once if it is not),
+        at most ``timeout`` seconds (False). Spins ``spin`` seconds (default 10 µs) first, then
+        sleeps in the kernel; the GIL is released and Ctrl-C works."""
+    def notify(self) -> int:
+        """Bumps the generation and wakes one sleeping waiter; returns how many it woke."""
+    def notify_all(self) -> int:
+        """Bumps the generation and wakes every sleeping waiter; returns how many it woke."""
+    def event(self, name_or_index: str | int, /) -> Event:
+        """One of the segment's 32 events: by slot number (0-31), or by name (1-48 bytes,
+        named now if no slot has it)."""
+    def atomic_u32(self, offset: int, /) -> AtomicWord:
+        """The aligned 32-bit word at ``offset`` of the data, used atomically."""
+    def atomic_u64(self, offset: int, /) -> AtomicWord:
+        """The aligned 64-bit word at ``offset`` of the data, used atomically."""
+    def await_changed(
+        self, generation: int, timeout: float | None = None
+    ) -> Coroutine[Any, Any, bool]:
+        """``await shm.await_changed(generation)``: ``wait_changed`` for asyncio."""
+    def alock(self, timeout: float | None = None) -> Coroutine[Any, Any, bool]:
+        """``await shm.alock()``: ``lock()`` for asyncio (also waits while another task holds
+        it through this handle); False + ``error()`` on timeout."""
+    def alocked(self, timeout: float | None = None) -> AbstractAsyncContextManager[Self]:
+        """``async with shm.alocked():`` holds the lock for the block; raises
+        ``LockTimeoutError``/``LockError`` if it cannot be taken."""
+    def _try_lock(self, record_busy: bool = False) -> bool | None: ...
     def __reduce__(
         self,
     ) -> tuple[
@@ -247,9 +295,17 @@ class QSystemSemaphore:
         /,
         initialValue: SupportsIndex | None = None,
         mode: _SemaphoreAccessMode | int | None = None,
+        *,
+        permissions: int | None = None,
+        group: int | str | None = None,
     ) -> Self:
         """``QSystemSemaphore(key, initialValue=0, mode=Open)`` (``None``: those defaults;
-        a ``None`` key is ``""``). ``initialValue`` applies only when it creates the semaphore."""
+        a ``None`` key is ``""``). ``initialValue`` applies only when it creates the semaphore;
+        so do ``permissions`` (exact bits, default Qt's 0600) and ``group``."""
+    def aacquire(self, timeout: float | None = None) -> Coroutine[Any, Any, bool]:
+        """``await sem.aacquire()``: ``acquire()`` for asyncio (tried from the event loop with
+        a 0.5-20 ms backoff); cancelling it never leaves a token taken."""
+    def _try_acquire(self) -> bool: ...
     def acquire(self, timeout: float | None = None) -> bool:
         """Takes a token, waiting at most ``timeout`` seconds (None: forever).
 
@@ -306,6 +362,82 @@ class QSystemSemaphore:
     ) -> Literal[False]:
         """Releases the token (a failure raises, unless the block raised)."""
 
+@final
+class Event:
+    """One of a segment's 32 events, shared by every process attached (``QSharedMemory.event``).
+
+    Like ``threading.Event``; it keeps the segment attached while it exists."""
+
+    def set(self) -> bool:
+        """Sets the event, waking every waiter; False if it was set already."""
+    def clear(self) -> bool:
+        """Clears the event; False if it was clear already."""
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None, *, spin: float | None = None) -> bool:
+        """True once the event is set (also if a ``set()`` was undone by a ``clear()`` before
+        this waiter woke), False on timeout; the GIL is released and Ctrl-C works."""
+    def await_set(self, timeout: float | None = None) -> Coroutine[Any, Any, bool]:
+        """``await event.await_set()``: ``wait()`` for asyncio."""
+    @property
+    def index(self) -> int:
+        """The slot number, 0 to 31."""
+    @property
+    def name(self) -> str | None:
+        """The name; ``None`` for a numbered event."""
+    @property
+    def waiters(self) -> int:
+        """How many threads (in any process) sleep in ``wait()`` now."""
+    def _token(self) -> int: ...
+    def _set_since(self, token: int, /) -> bool: ...
+
+@final
+class AtomicWord:
+    """An aligned 32- or 64-bit word of a segment's data, used atomically
+    (``QSharedMemory.atomic_u32``/``atomic_u64``); it keeps the segment attached.
+
+    Every operation is sequentially consistent; writes raise ``TypeError`` on a ReadOnly
+    attachment. A 64-bit wait sleeps on the low half (see docs/notify.md)."""
+
+    def load(self) -> int: ...
+    def store(self, value: int, /) -> None: ...
+    def add(self, delta: int, /) -> int:
+        """Adds ``delta`` (negative: subtracts; wraps around); returns the value before."""
+    def compare_exchange(self, expected: int, desired: int, /) -> tuple[bool, int]:
+        """Stores ``desired`` if the word holds ``expected``; (whether it did, the value it
+        held)."""
+    def wait(
+        self, expected: int, timeout: float | None = None, *, spin: float | None = None
+    ) -> bool:
+        """Waits while the word holds ``expected``: True once it holds another value, False on
+        timeout. Writers must call ``wake()`` after changing it."""
+    def wake(self, n: int = 1) -> int:
+        """Wakes up to ``n`` waiters (in any process); returns how many it woke."""
+    def await_changed(
+        self, expected: int, timeout: float | None = None
+    ) -> Coroutine[Any, Any, bool]:
+        """``await word.await_changed(expected)``: ``wait()`` for asyncio."""
+    @property
+    def bits(self) -> Literal[32, 64]: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def readonly(self) -> bool: ...
+
+@final
+class _WatchQueue:
+    """One event loop's mailbox of the process-wide watcher thread (``qsharedmem._aio``)."""
+
+    def __new__(cls) -> Self: ...
+    def fileno(self) -> int: ...
+    def take(self) -> list[int]: ...
+    def watch_generation(self, shm: QSharedMemory, generation: int, /) -> int: ...
+    def watch_event(self, event: Event, token: int, /) -> int: ...
+    def watch_word(self, word: AtomicWord, expected: int, /) -> int: ...
+    @staticmethod
+    def cancel(id: int, /) -> None: ...
+    @staticmethod
+    def waiting() -> int: ...
+
 # -- Inspection (the `qsharedmem` command line): plain, JSON-ready dicts --------------------
 
 class _LockDict(TypedDict):
@@ -315,6 +447,11 @@ class _LockDict(TypedDict):
     value: int | None
     waiters: int | None
     owner_deaths: int | None
+
+class _EventDict(TypedDict):
+    name: str
+    set: bool
+    waiters: int
 
 class _SegmentDict(TypedDict):
     """One segment (``None`` where unknown or not applicable); see src/python/inspect.rs."""
@@ -333,6 +470,10 @@ class _SegmentDict(TypedDict):
     ipc_key: int | None
     size: int
     file_size: int | None
+    control_file: str | None
+    notify_waiters: int | None
+    generation: int | None
+    events: list[_EventDict]
     attachments: int
     pids: list[int]
     last_pid: int | None
@@ -381,6 +522,10 @@ def shm_space() -> tuple[int, int]:
     """``(free, total)`` bytes of the file system behind /dev/shm."""
 
 # -- Process hooks (registered by qsharedmem/__init__.py) ----------------------------------
+
+def _late_wakeups() -> int:
+    """How many waits of this process found their word changed only at the end of a 100 ms
+    slice instead of being woken (0 unless a notifier died between its change and its wake)."""
 
 def _before_fork() -> None: ...
 def _after_fork_in_parent() -> None: ...

@@ -42,7 +42,7 @@ from ._errors import InvalidKeyError, NotFoundError, SharedMemoryError
 
 if TYPE_CHECKING:
     # The dicts the inspection functions return (typed in the stub only).
-    from ._qsharedmem import _LockDict, _SegmentDict
+    from ._qsharedmem import _EventDict, _LockDict, _SegmentDict
 
 __all__ = [
     "EXIT_AMBIGUOUS",
@@ -341,6 +341,13 @@ def _cmd_ls(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK
 
 
+def _event_text(event: _EventDict) -> str:
+    text = f"{event['name']} {'set' if event['set'] else 'clear'}"
+    if event["waiters"]:
+        text += f" ({event['waiters']} waiting)"
+    return text
+
+
 def _info_lines(s: _SegmentDict, now: float) -> list[tuple[str, str]]:
     kinds = {
         "qsharedmem": "POSIX segment made by qsharedmem",
@@ -384,6 +391,13 @@ def _info_lines(s: _SegmentDict, now: float) -> list[tuple[str, str]]:
     if details:
         text += " — " + "; ".join(details)
     lines.append(("lock", text))
+    if s["generation"] is not None:
+        waiting = s["notify_waiters"] or 0
+        lines.append(("notify", f"generation {s['generation']}, {waiting} waiting"))
+        if s["events"]:
+            lines.append(("events", ", ".join(_event_text(e) for e in s["events"])))
+        if s["kind"] == "systemv" and s["control_file"]:
+            lines.append(("notify block", s["control_file"]))
     if s["creator_pid"] is None:
         lines.append(("creator", "unknown"))
     else:

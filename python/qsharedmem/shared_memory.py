@@ -40,6 +40,8 @@ from ._qsharedmem import QNativeIpcKey, QSharedMemory
 if TYPE_CHECKING:
     import numpy
 
+    from ._qsharedmem import AtomicWord, Event
+
 __all__ = ["ShareableList", "SharedMemory"]
 
 # CPython's rule for random names (Lib/multiprocessing/shared_memory.py): a 14-character limit
@@ -127,6 +129,11 @@ class SharedMemory:
     ``track`` is accepted for compatibility with CPython 3.13 and has no effect: there is no
     resource tracker, cleanup is by reference count on the last ``close()``.
 
+    Beyond CPython: ``timeout`` (seconds, ``math.inf``: as long as it takes) makes an attach wait
+    for the block to be created (programs can start in any order); ``permissions`` and ``group``
+    (a name or a gid) are who may use a block this call creates (default 0600, as CPython's,
+    less the umask; given bits are exact), so that another account can attach to it.
+
     Raises ``FileExistsError`` (``qsharedmem.AlreadyExistsError``) when creating a name that
     exists, ``FileNotFoundError`` (``qsharedmem.NotFoundError``) when attaching to one that
     does not, ``ValueError`` for a bad size or name; all of them are also
@@ -171,6 +178,9 @@ class SharedMemory:
         *,
         track: bool = True,
         readonly: bool = False,
+        timeout: float | None = None,
+        permissions: int | None = None,
+        group: int | str | None = None,
     ) -> None:
         # CPython's checks, in CPython's order, with CPython's messages. `create` is
         # anything with a truth value and `size` anything like an int, `True` too (1 byte).
@@ -188,8 +198,10 @@ class SharedMemory:
             self._flags = os.O_RDONLY
         if name is None and not create:
             raise ValueError("'name' can only be None if create=True")
-        # CPython passes `_mode` to shm_open(), which applies the umask.
-        permissions = None if self._mode == _CREATE_MODE else self._mode & ~_umask()
+        # CPython passes `_mode` to shm_open(), which applies the umask; `permissions` are
+        # exact (as for QSharedMemory.create).
+        if permissions is None and self._mode != _CREATE_MODE:
+            permissions = self._mode & ~_umask()
         self._track = track
         self._readonly = bool(readonly)
         mode = _READ_ONLY if readonly else _READ_WRITE
@@ -197,7 +209,7 @@ class SharedMemory:
             while True:
                 native = _make_filename()
                 shm = QSharedMemory(QNativeIpcKey(native, _POSIX))
-                if shm.create(size, mode, permissions=permissions):
+                if shm.create(size, mode, permissions=permissions, group=group):
                     break
                 if shm.error() != _ALREADY_EXISTS:
                     raise _failure(shm, "SharedMemory: cannot create", native)
@@ -210,7 +222,9 @@ class SharedMemory:
                 raise ValueError("embedded null character")
             shm = QSharedMemory(QNativeIpcKey(native, _POSIX))
             done = (
-                shm.create(size, mode, permissions=permissions) if create else shm.attach(mode)
+                shm.create(size, mode, permissions=permissions, group=group)
+                if create
+                else shm.attach(mode, timeout=timeout)
             )
             if not done:
                 if attach_or_fail and shm.error() == _NOT_FOUND:
@@ -333,6 +347,53 @@ class SharedMemory:
         """``with shm.locked(timeout=None):`` holds the lock for the block (see ``lock()``)."""
         return _Locked(self, timeout)
 
+    # Wait and notify, events, atomic words: QSharedMemory's (see docs/notify.md).
+
+    def generation(self) -> int:
+        """The block's notify generation (see ``wait_changed``)."""
+        return self._attached("generation()").generation()
+
+    def wait_changed(
+        self, generation: int, timeout: float | None = None, *, spin: float | None = None
+    ) -> bool:
+        """Waits until another process called ``notify()``/``notify_all()`` since
+        ``generation`` (True), at most ``timeout`` seconds (False); the GIL is released."""
+        return self._attached("wait_changed()").wait_changed(generation, timeout, spin=spin)
+
+    def notify(self) -> int:
+        """Bumps the generation and wakes one waiter; returns how many it woke."""
+        return self._attached("notify()").notify()
+
+    def notify_all(self) -> int:
+        """Bumps the generation and wakes every waiter; returns how many it woke."""
+        return self._attached("notify_all()").notify_all()
+
+    def event(self, name_or_index: str | int) -> Event:
+        """One of the block's 32 events (``set``/``clear``/``is_set``/``wait``)."""
+        return self._attached("event()").event(name_or_index)
+
+    def atomic_u32(self, offset: int) -> AtomicWord:
+        """The aligned 32-bit word at ``offset`` of ``buf``, used atomically."""
+        return self._attached("atomic_u32()").atomic_u32(offset)
+
+    def atomic_u64(self, offset: int) -> AtomicWord:
+        """The aligned 64-bit word at ``offset`` of ``buf``, used atomically."""
+        return self._attached("atomic_u64()").atomic_u64(offset)
+
+    async def await_changed(self, generation: int, timeout: float | None = None) -> bool:
+        """``wait_changed`` for asyncio."""
+        return await self._attached("await_changed()").await_changed(generation, timeout)
+
+    async def alock(self, timeout: float | None = None) -> None:
+        """``lock()`` for asyncio: raises ``LockTimeoutError``/``LockError`` as ``lock()``."""
+        shm = self._attached("alock()")
+        if not await shm.alock(timeout):
+            raise _failure(shm, "QSharedMemory::lock: unable to lock", self._name)
+
+    def alocked(self, timeout: float | None = None) -> _ALocked:
+        """``async with shm.alocked(timeout=None):`` holds the lock for the block."""
+        return _ALocked(self, timeout)
+
     @property
     def lock_owner_died(self) -> bool:
         """True if the last ``lock()`` found that the previous holder died holding it (the data
@@ -372,6 +433,25 @@ class _Locked:
         return self._shm
 
     def __exit__(self, *exc: object) -> None:
+        shm = self._shm._shm
+        if shm is not None:
+            shm.unlock()
+
+
+class _ALocked:
+    """The async context manager of :meth:`SharedMemory.alocked`."""
+
+    __slots__ = ("_shm", "_timeout")
+
+    def __init__(self, shm: SharedMemory, timeout: float | None) -> None:
+        self._shm = shm
+        self._timeout = timeout
+
+    async def __aenter__(self) -> SharedMemory:
+        await self._shm.alock(self._timeout)
+        return self._shm
+
+    async def __aexit__(self, *exc: object) -> None:
         shm = self._shm._shm
         if shm is not None:
             shm.unlock()

@@ -346,6 +346,17 @@ impl Handle {
                 unlock_internally(taken);
                 let att = result.map_err(|e| self.record(&mut state, e))?;
                 self.install(&mut state, Arc::new(att));
+                if shares_permissions(permissions) {
+                    // The lock too: another account that may use the segment must take it.
+                    let _ = semaphore.set_permissions(permissions.mode, permissions.group);
+                    if let Ok(key_file) = crate::sys::sysv::key_path(state.key.native_key()) {
+                        let _ = crate::sys::sysv::set_key_file_permissions(
+                            &key_file,
+                            permissions.mode & 0o666,
+                            permissions.group,
+                        );
+                    }
+                }
                 Ok(())
             }
             Prepared::Posix {
@@ -382,6 +393,10 @@ impl Handle {
                     .map_err(|f| segment_error(Op::Create, Family::Posix, f))
                     .map_err(|e| self.record(&mut state, e))?;
                 self.install(&mut state, Arc::new(att));
+                if shares_permissions(permissions) {
+                    // Qt's semaphore is part of the lock: the same permissions.
+                    let _ = semaphore.set_permissions(permissions.mode, permissions.group);
+                }
                 if holding_semaphore {
                     // The creator took the new mutex before publishing: it holds all of it,
                     // and the mutex knows its holder thread from now on.
@@ -412,8 +427,10 @@ impl Handle {
         }
     }
 
-    /// `QSharedMemory::attach(mode)` with a bound on the wait for a segment held exclusively
-    /// and an interrupt check. Attaching an attached handle is an error Qt does not record.
+    /// `QSharedMemory::attach(mode)` with a bound on its waits (for a POSIX segment held
+    /// exclusively, for a System V key's lock; `None`: Qt's, as long as it takes) and an
+    /// interrupt check. Attaching an attached handle is an error Qt does not record. To wait
+    /// for a segment that does not exist yet, see [`Handle::attach_when_created`].
     ///
     /// # Errors
     /// Qt's: `KeyError`, `NotFound`, `PermissionDenied`, `LockError`...
@@ -437,8 +454,12 @@ impl Handle {
                 ..
             } => {
                 drop(state);
-                let taken =
-                    self.lock_internally(&semaphore, "QSharedMemory::attach", &mut *interrupt)?;
+                let taken = self.lock_internally_within(
+                    &semaphore,
+                    "QSharedMemory::attach",
+                    timeout,
+                    &mut *interrupt,
+                )?;
                 testpoint::step("attach:locked");
                 let mut state = self.state();
                 let native_key = state.key.native_key().to_owned();
@@ -685,6 +706,12 @@ impl Handle {
         drop(state);
         cleanup_semaphore(semaphore);
     }
+}
+
+/// Whether a create() asked for permissions other than Qt's default, which the lock semaphore
+/// and key files then get as well.
+fn shares_permissions(permissions: Permissions) -> bool {
+    permissions.explicit || permissions.group.is_some()
 }
 
 /// A foreign segment of size 0 is most likely being created by Qt right now (it sizes the

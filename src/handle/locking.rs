@@ -409,6 +409,17 @@ impl Handle {
         function: &str,
         interrupt: Interrupt<'_>,
     ) -> Result<Option<Taken>, Error> {
+        self.lock_internally_within(sem, function, None, interrupt)
+    }
+
+    /// [`Self::lock_internally`], waiting at most `timeout` (`None`: as long as it takes).
+    pub(super) fn lock_internally_within(
+        &self,
+        sem: &Arc<SysVSemaphore>,
+        function: &str,
+        timeout: Option<Duration>,
+        interrupt: Interrupt<'_>,
+    ) -> Result<Option<Taken>, Error> {
         if self.fast.held_by.load(Ordering::Acquire) == process::thread_self()
             || sem.held_by_current_thread()
         {
@@ -417,7 +428,7 @@ impl Handle {
             return Ok(None);
         }
         let target = Target::SysV(Arc::clone(sem));
-        match acquire(&Arc::new(target), Deadline::after(None), interrupt) {
+        match acquire(&Arc::new(target), Deadline::after(timeout), interrupt) {
             Ok(got) => Ok(Some(Taken {
                 sem: Arc::clone(sem),
                 unreported_death: got.acquired == Acquired::OwnerDied,

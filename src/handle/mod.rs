@@ -16,8 +16,10 @@
 //! * Everything a forked child inherits is checked against the fork generation: a child never
 //!   believes it holds its parent's lock, and its attachments take counts of their own.
 
+mod attach_wait;
 mod lifecycle;
 mod locking;
+mod notify;
 pub(crate) mod qt_errors;
 mod remove;
 

@@ -175,6 +175,11 @@ pub(crate) fn lock_error(failure: LockFailure) -> Error {
 pub(crate) fn internal_lock_error(function: &str, failure: LockFailure) -> Error {
     match failure {
         LockFailure::Interrupted => interrupted(function),
+        LockFailure::TimedOut => Error::with_errno(
+            ErrorKind::LockError,
+            format!("{function}: unable to lock (timed out)"),
+            Errno::ETIMEDOUT,
+        ),
         _ => Error::new(ErrorKind::LockError, format!("{function}: unable to lock")),
     }
 }

@@ -13,7 +13,7 @@ use super::{
 use crate::key::{self, KeyType, NativeIpcKey};
 use crate::segment::control::{ControlRecord, NotAControlBlock, SIDECAR_SUFFIX};
 use crate::segment::posix::{is_old_layout, sidecar_name};
-use crate::segment::SegmentKind;
+use crate::segment::{sysv_notify, SegmentKind};
 use crate::sys::namedsem::{NamedSemaphore, OpenMode};
 use crate::sys::procfs::FileId;
 use crate::sys::sysv::{self, ShmStat};
@@ -45,10 +45,15 @@ pub(super) fn list_with_key_files(
         .iter()
         .filter_map(|(name, listed)| posix_segment(&snapshot, name, *listed))
         .collect();
-    // Control blocks whose data file is gone.
+    // Control blocks whose data file is gone (and System V notify blocks whose segment is;
+    // the others are shown with their segment).
     for (name, listed) in &sidecars {
         let data_name = &name[..name.len() - SIDECAR_SUFFIX.len()];
-        if !data.iter().any(|(d, _)| d == data_name) {
+        let sysv_block = sysv_notify::shmid_of(name);
+        if sysv_block.is_some_and(|shmid| sysv_notify_record(shmid).is_some()) {
+            continue;
+        }
+        if sysv_block.is_some() || !data.iter().any(|(d, _)| d == data_name) {
             found.extend(lone_sidecar(&snapshot, name, *listed));
         }
     }
@@ -213,15 +218,7 @@ fn describe_control(
     info.control_file = Some(format!("{}/{side_name}", posix::SHM_DIR));
     info.notify_waiters = Some(record.notify_waiters);
     info.generation = Some(record.generation);
-    info.events = record
-        .events
-        .iter()
-        .map(|(name, set, waiters)| EventInfo {
-            name: name.clone(),
-            set: *set,
-            waiters: *waiters,
-        })
-        .collect();
+    info.events = events_of(record);
     let qt_lock = info.lock.clone();
     if !record.adopted {
         info.kind = SegmentKind::Posix;
@@ -286,13 +283,39 @@ fn describe_control(
     let _ = snapshot;
 }
 
+/// The events a control block has in use.
+fn events_of(record: &ControlRecord) -> Vec<EventInfo> {
+    record
+        .events
+        .iter()
+        .map(|(name, set, waiters)| EventInfo {
+            name: name.clone(),
+            set: *set,
+            waiters: *waiters,
+        })
+        .collect()
+}
+
+/// The notify block of the live System V segment `shmid`, if it has one that describes it.
+fn sysv_notify_record(shmid: i32) -> Option<ControlRecord> {
+    let st = sysv::shm_stat(shmid).ok()?;
+    let fd = posix::open_existing(&sysv_notify::file_name(shmid), false).ok()?;
+    let record = ControlRecord::read(fd.as_fd()).ok()?;
+    (record.sysv_shmid == Some(shmid) && record.creator_pid == st.creator_pid).then_some(record)
+}
+
 /// A control block whose data file is gone: its last remover died between the two unlinks
 /// (or someone deleted the data by hand). An orphan once nobody holds it.
 fn lone_sidecar(snapshot: &Snapshot, name: &str, listed: posix::FileStat) -> Option<SegmentInfo> {
     let fd = posix::open_existing(name, false).ok()?;
     let st = posix::fstat(fd.as_fd()).ok()?;
     let note = match ControlRecord::read(fd.as_fd()) {
-        Ok(_) => "a control block without its data file".to_owned(),
+        Ok(record) => match record.sysv_shmid {
+            Some(shmid) => {
+                format!("the wait/notify block of System V segment {shmid}, which no longer exists")
+            }
+            None => "a control block without its data file".to_owned(),
+        },
         Err(NotAControlBlock::Version(v)) => format!("a control block of layout version {v}"),
         // Not ours: some program's file that happens to end in .qsm.
         Err(_) => return None,
@@ -567,6 +590,7 @@ fn sysv_segment(
     } else {
         Usage::Orphan
     };
+    let notify = sysv_notify_record(shmid).filter(|r| r.creator_pid == st.creator_pid);
     SegmentInfo {
         kind: SegmentKind::SystemV,
         origin,
@@ -578,10 +602,12 @@ fn sysv_segment(
         ipc_key: Some(st.key),
         size: st.size as u64,
         file_size: None,
-        control_file: None,
-        notify_waiters: None,
-        generation: None,
-        events: Vec::new(),
+        control_file: notify
+            .as_ref()
+            .map(|_| format!("{}/{}", posix::SHM_DIR, sysv_notify::file_name(shmid))),
+        notify_waiters: notify.as_ref().map(|r| r.notify_waiters),
+        generation: notify.as_ref().map(|r| r.generation),
+        events: notify.as_ref().map_or_else(Vec::new, events_of),
         attachments: st.attached,
         pids,
         last_pid: Some(st.last_pid),

@@ -8,7 +8,7 @@ use super::list::{ftok_of, list, qt_semaphore_name};
 use super::{InspectError, Object, Scope, SegmentInfo, Snapshot, SysVLock};
 use crate::lock::sysv_sem::{self, SysVSemaphore};
 use crate::segment::posix as posix_segment;
-use crate::segment::{sysv as sysv_segment, Failure, SegmentKind};
+use crate::segment::{sysv as sysv_segment, sysv_notify, Failure, SegmentKind};
 use crate::sys::namedsem;
 use crate::sys::procfs::{self, FileId};
 use crate::sys::{posix, process, sysv, Errno};
@@ -280,6 +280,8 @@ fn remove_sysv_locked(
     let lock_name = sem.map(|s| s.native_key().to_owned());
     let key_file_existed = key_file.is_some_and(exists);
     let lock_file_existed = lock_name.as_deref().is_some_and(exists);
+    let notify_block = format!("{}/{}", posix::SHM_DIR, sysv_notify::file_name(shmid));
+    let notify_block_existed = exists(&notify_block);
     match (key_file, sem) {
         // What the last detacher does: segment, key file, lock and its key file.
         (Some(key_file), Some(sem)) if st.attached == 0 => {
@@ -291,6 +293,11 @@ fn remove_sysv_locked(
         // re-create a lock if they lock again, as Qt's would).
         _ => {
             sysv::shm_remove(shmid).map_err(|e| InspectError::os("shmctl(IPC_RMID)", e))?;
+            if st.attached == 0 {
+                // Destroyed at once: its notify block too (attachments keep theirs, and their
+                // last detacher removes it).
+                sysv_notify::remove(shmid);
+            }
             if let Some(path) = key_file {
                 if let Ok(path) = sysv::key_path(path) {
                     let _ = sysv::remove_key_file(&path);
@@ -309,6 +316,9 @@ fn remove_sysv_locked(
     }
     if let Some(path) = key_file.filter(|p| key_file_existed && !exists(p)) {
         removed.push(path.to_owned());
+    }
+    if notify_block_existed && !exists(&notify_block) {
+        removed.push(notify_block);
     }
     if let (Some(sem), Some(name)) = (sem, &lock_name) {
         if !sem.is_open() {

@@ -3,12 +3,13 @@
 //! Not crash-safe (a holder that dies keeps its token): that is Qt's design, and why
 //! qsharedmem's own segments pair it with a robust mutex ([`super::paired`]).
 
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::SemMode;
 use crate::error::{SemaphoreError, SemaphoreErrorKind};
 use crate::sys::namedsem::{self, NamedSemaphore, OpenMode};
-use crate::sys::Errno;
+use crate::sys::{posix, Errno};
 
 fn sem_err(function: &str, errno: Errno) -> SemaphoreError {
     SemaphoreError::from_errno(function, errno)
@@ -33,7 +34,8 @@ pub(crate) struct PosixSemaphore {
 }
 
 impl PosixSemaphore {
-    /// Qt's `handle(mode)` for a POSIX key.
+    /// Qt's `handle(mode)` for a POSIX key, with Qt's 0600 (the tests' shorthand).
+    #[cfg(test)]
     pub(crate) fn open(
         name: &str,
         initial_value: u32,
@@ -42,7 +44,7 @@ impl PosixSemaphore {
         Self::open_with_permissions(name, initial_value, mode, 0o600)
     }
 
-    /// [`Self::open`] in `Open` mode for a segment's lock, which a last detacher unlinks:
+    /// Qt's `handle(Open)` for a segment's lock, which a last detacher unlinks:
     /// where Qt gives up after two tries (`EEXIST`, then `ENOENT` because another process
     /// unlinked it in between), keep alternating, so that churning attachers never see a
     /// spurious `LockError`. Each round trip means another process made progress.
@@ -62,7 +64,8 @@ impl PosixSemaphore {
         ))
     }
 
-    /// [`Self::open`], creating the semaphore with `permissions` (Qt: 0600) if it does not exist.
+    /// Qt's `handle(mode)` for a POSIX key, creating the semaphore with `permissions` (Qt: 0600,
+    /// less the umask) if it does not exist.
     pub(crate) fn open_with_permissions(
         name: &str,
         initial_value: u32,
@@ -149,6 +152,18 @@ impl PosixSemaphore {
     /// Whether this object created the named semaphore (then, by Qt's rules, it unlinks it).
     pub(crate) fn owns_semaphore(&self) -> bool {
         self.created.load(Ordering::Relaxed)
+    }
+
+    /// Gives the semaphore's file (`/dev/shm/sem.<name>`) exactly the permission bits `mode`
+    /// (`sem_open` applies the umask) and, if given, the group `group`.
+    pub(crate) fn set_permissions(&self, mode: u32, group: Option<u32>) -> Result<(), Errno> {
+        let file = posix::shm_file_name(&self.name, true)?;
+        let fd = posix::open_existing(&file, false)?;
+        posix::set_mode(fd.as_fd(), mode & 0o666)?;
+        if let Some(group) = group {
+            posix::set_group(fd.as_fd(), group)?;
+        }
+        Ok(())
     }
 
     /// Qt's `release(n)` for POSIX (`modifySemaphore(n)`): `sem_post` `n` times; if one fails,

@@ -576,6 +576,17 @@ impl SysVSemaphore {
     pub(crate) fn owns_semaphore(&self) -> bool {
         self.created_semaphore.load(Ordering::Relaxed)
     }
+
+    /// Gives the set and its key file the permission bits `mode` (the key file: without the
+    /// execute bits) and, if given, the group `group`: so that another account that may use
+    /// the segment (or the semaphore) may also take the lock. Only the owner may.
+    pub(crate) fn set_permissions(&self, mode: u32, group: Option<u32>) -> Result<(), Errno> {
+        let id = self
+            .id()
+            .map_err(|e| e.os_error().unwrap_or(Errno::EINVAL))?;
+        sysv::sem_set_permissions(id, mode, group)?;
+        sysv::set_key_file_permissions(&self.key_file, mode & 0o666, group)
+    }
 }
 
 /// The value of the "initialised" semaphore of a set that is being removed: [`retire`] adds

@@ -9,7 +9,7 @@ use pyo3::types::PyString;
 
 use super::enums;
 use super::key::extract_key;
-use crate::segment::AccessMode;
+use crate::segment::{AccessMode, Permissions};
 use crate::NativeIpcKey;
 
 /// Converts an `AccessMode` member or 0/1 (a member of another enum is a `TypeError`).
@@ -106,6 +106,44 @@ pub(crate) fn key_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyArg> {
         "key must be a QNativeIpcKey or a str, not {}",
         obj.get_type().name()?
     )))
+}
+
+/// The permission bits and group of `create(..., permissions=, group=)`.
+pub(crate) fn permissions(
+    py: Python<'_>,
+    mode: Option<&Bound<'_, PyAny>>,
+    group: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Permissions> {
+    let mode = mode.filter(|m| !m.is_none());
+    let group = group.filter(|g| !g.is_none());
+    if mode.is_none() && group.is_none() {
+        return Ok(Permissions::default());
+    }
+    let bits = match mode {
+        Some(mode) => {
+            let bits = enums::int_value(mode, "an int of permission bits")?;
+            u32::try_from(bits)
+                .ok()
+                .filter(|b| *b <= 0o777)
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyValueError::new_err(
+                        "permissions must be permission bits, 0 to 0o777",
+                    )
+                })?
+        }
+        None => 0o600,
+    };
+    let gid = match group {
+        None => None,
+        Some(g) if g.is_instance_of::<PyString>() => {
+            let entry = py.import("grp")?.call_method1("getgrnam", (g,))?;
+            Some(entry.getattr("gr_gid")?.extract::<u32>()?)
+        }
+        Some(g) => {
+            Some(enums::int_value(g, "a group name or id")?).and_then(|id| u32::try_from(id).ok())
+        }
+    };
+    Ok(Permissions::exactly(bits, gid))
 }
 
 /// Runs `f`, which may wait, detached from the interpreter, handing it an interrupt check that

@@ -11,6 +11,7 @@ mod errors;
 mod fast;
 mod inspect;
 mod key;
+mod notify;
 mod shared_memory;
 mod system_semaphore;
 
@@ -25,6 +26,7 @@ fn qsharedmem_extension(m: &Bound<'_, PyModule>) -> PyResult<()> {
     key::register(m)?;
     shared_memory::register(m)?;
     system_semaphore::register(m)?;
+    notify::register(m)?;
     inspect::register(m)?;
     Ok(())
 }

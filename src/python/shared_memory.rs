@@ -16,14 +16,17 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyMemoryView, PyString, PyTuple, PyType};
 
 use super::buffer::SegmentBuffer;
-use super::convert::{access_mode, detached_interruptible, key_arg, size_arg, timeout, KeyArg};
+use super::convert::{
+    access_mode, detached_interruptible, key_arg, permissions, size_arg, timeout, KeyArg,
+};
 use super::enums::{self, key_type_from_py, member};
 use super::errors::to_py_err;
 use super::fast::{self, gil_held, CachedView};
 use super::key::PyNativeIpcKey;
+use super::notify;
 use crate::handle::Handle;
 use crate::key::KeyType;
-use crate::segment::{AccessMode, Permissions};
+use crate::segment::AccessMode;
 use crate::wait::{uninterrupted, Interrupt};
 use crate::{NativeIpcKey, SharedMemory};
 
@@ -41,44 +44,6 @@ pub(crate) struct PySharedMemory {
     /// [`Self::view_slow`]).
     data_view: CachedView,
     const_view: CachedView,
-}
-
-/// The permission bits and group of `create(..., permissions=, group=)`.
-fn permissions(
-    py: Python<'_>,
-    mode: Option<&Bound<'_, PyAny>>,
-    group: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Permissions> {
-    let mode = mode.filter(|m| !m.is_none());
-    let group = group.filter(|g| !g.is_none());
-    if mode.is_none() && group.is_none() {
-        return Ok(Permissions::default());
-    }
-    let bits = match mode {
-        Some(mode) => {
-            let bits = enums::int_value(mode, "an int of permission bits")?;
-            u32::try_from(bits)
-                .ok()
-                .filter(|b| *b <= 0o777)
-                .ok_or_else(|| {
-                    pyo3::exceptions::PyValueError::new_err(
-                        "permissions must be permission bits, 0 to 0o777",
-                    )
-                })?
-        }
-        None => 0o600,
-    };
-    let gid = match group {
-        None => None,
-        Some(g) if g.is_instance_of::<PyString>() => {
-            let entry = py.import("grp")?.call_method1("getgrnam", (g,))?;
-            Some(entry.getattr("gr_gid")?.extract::<u32>()?)
-        }
-        Some(g) => {
-            Some(enums::int_value(g, "a group name or id")?).and_then(|id| u32::try_from(id).ok())
-        }
-    };
-    Ok(Permissions::exactly(bits, gid))
 }
 
 impl PySharedMemory {
@@ -240,12 +205,23 @@ impl PySharedMemory {
         })
     }
 
-    /// `attach(mode=ReadWrite) -> bool`
-    #[pyo3(signature = (mode = None))]
-    fn attach(&self, py: Python<'_>, mode: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    /// `attach(mode=ReadWrite, timeout=None) -> bool`; with a timeout (seconds, `inf`: as long
+    /// as it takes) it waits for the segment to be created.
+    #[pyo3(signature = (mode = None, timeout = None))]
+    fn attach(
+        &self,
+        py: Python<'_>,
+        mode: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
         let mode = mode.map(access_mode).transpose()?.unwrap_or_default();
-        self.waiting(py, |handle, interrupt| {
-            handle.attach_with(mode, None, interrupt).is_ok()
+        let wait = match timeout.filter(|t| !t.is_none()) {
+            None => None,
+            Some(t) => Some(self::timeout(Some(t))?.unwrap_or(Duration::MAX)),
+        };
+        self.waiting(py, |handle, interrupt| match wait {
+            None => handle.attach_with(mode, None, interrupt).is_ok(),
+            Some(wait) => handle.attach_when_created(mode, wait, interrupt).is_ok(),
         })
     }
 
@@ -459,6 +435,98 @@ impl PySharedMemory {
             Some(att) => format!("<{class} {key:?} attached, {} bytes>", att.size()),
             None => format!("<{class} {key:?} not attached>"),
         })
+    }
+
+    // -- wait and notify (src/python/notify.rs) ------------------------------------------------
+
+    /// `generation() -> int`: the segment's notify generation.
+    fn generation(&self, py: Python<'_>) -> PyResult<u32> {
+        notify::generation(py, &self.handle)
+    }
+
+    /// `wait_changed(generation, timeout=None, *, spin=None) -> bool`
+    #[pyo3(signature = (generation, timeout = None, *, spin = None))]
+    fn wait_changed(
+        &self,
+        py: Python<'_>,
+        generation: &Bound<'_, PyAny>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        spin: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        notify::wait_changed(py, &self.handle, generation, timeout, spin)
+    }
+
+    /// `notify() -> int`: bumps the generation, wakes one waiter; returns how many it woke.
+    fn notify(&self, py: Python<'_>) -> PyResult<u32> {
+        notify::notify(py, &self.handle, false)
+    }
+
+    /// `notify_all() -> int`: bumps the generation, wakes every waiter.
+    fn notify_all(&self, py: Python<'_>) -> PyResult<u32> {
+        notify::notify(py, &self.handle, true)
+    }
+
+    /// `event(name_or_index) -> Event`
+    #[pyo3(signature = (name_or_index, /))]
+    fn event(&self, py: Python<'_>, name_or_index: &Bound<'_, PyAny>) -> PyResult<notify::PyEvent> {
+        notify::event(py, &self.handle, name_or_index)
+    }
+
+    /// `atomic_u32(offset) -> AtomicWord`
+    #[pyo3(signature = (offset, /))]
+    fn atomic_u32(
+        &self,
+        py: Python<'_>,
+        offset: &Bound<'_, PyAny>,
+    ) -> PyResult<notify::PyAtomicWord> {
+        notify::atomic(py, &self.handle, offset, 32)
+    }
+
+    /// `atomic_u64(offset) -> AtomicWord`
+    #[pyo3(signature = (offset, /))]
+    fn atomic_u64(
+        &self,
+        py: Python<'_>,
+        offset: &Bound<'_, PyAny>,
+    ) -> PyResult<notify::PyAtomicWord> {
+        notify::atomic(py, &self.handle, offset, 64)
+    }
+
+    /// `await await_changed(generation, timeout=None) -> bool`
+    #[pyo3(signature = (generation, timeout = None))]
+    fn await_changed<'py>(
+        slf: &Bound<'py, Self>,
+        generation: &Bound<'py, PyAny>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        notify::aio(slf.py(), "await_changed", (slf, generation, timeout))
+    }
+
+    /// `await alock(timeout=None) -> bool`
+    #[pyo3(signature = (timeout = None))]
+    fn alock<'py>(
+        slf: &Bound<'py, Self>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = self::timeout(timeout)?;
+        notify::aio(slf.py(), "alock", (slf, timeout))
+    }
+
+    /// `async with alocked(timeout=None):`
+    #[pyo3(signature = (timeout = None))]
+    fn alocked<'py>(
+        slf: &Bound<'py, Self>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = self::timeout(timeout)?;
+        notify::aio(slf.py(), "alocked", (slf, timeout))
+    }
+
+    /// One attempt for an asyncio task: True taken, False busy (also when this handle holds
+    /// it), None failed (`error()`); `record_busy` records a busy lock as a time-out.
+    #[pyo3(signature = (record_busy = false))]
+    fn _try_lock(&self, record_busy: bool) -> Option<bool> {
+        notify::try_lock_for_task(&self.handle, record_busy)
     }
 
     /// Makes the handle independent of the parent after `fork()` (called from an

@@ -13,12 +13,13 @@ use pyo3::exceptions::{PyOverflowError, PyRuntimeWarning, PyTypeError, PyValueEr
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyType};
 
-use super::convert::{detached_interruptible, key_arg, timeout, KeyArg};
+use super::convert::{self, detached_interruptible, key_arg, timeout, KeyArg};
 use super::enums::{
     self, enum_value, int_value, key_type_from_py, member, semaphore_access_mode_class,
 };
 use super::errors::semaphore_to_py_err;
 use super::key::PyNativeIpcKey;
+use super::notify;
 use crate::key::KeyType;
 use crate::system_semaphore::{AccessMode, NEGATIVE_RELEASE_WARNING};
 use crate::{NativeIpcKey, SemaphoreError, SystemSemaphore};
@@ -120,21 +121,31 @@ impl PySystemSemaphore {
     /// `QSystemSemaphore(key, /, initialValue=0, mode=QSystemSemaphore.Open)`: `key` is a
     /// `QNativeIpcKey`, or a `str` legacy key (`legacyNativeKey(key)`, as PySide6 reads a
     /// string).
+    ///
+    /// `permissions` and `group` (not in Qt): who may use a semaphore this object creates
+    /// (Qt's 0600 by default), as for `QSharedMemory.create`.
     #[new]
-    #[pyo3(signature = (key, /, initialValue = None, mode = None))]
+    #[pyo3(signature = (key, /, initialValue = None, mode = None, *, permissions = None, group = None))]
     #[allow(non_snake_case)]
     fn new(
+        py: Python<'_>,
         key: &Bound<'_, PyAny>,
         initialValue: Option<&Bound<'_, PyAny>>,
         mode: Option<&Bound<'_, PyAny>>,
+        permissions: Option<&Bound<'_, PyAny>>,
+        group: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let key = key_or_text(key)?;
         let initial = c_int(initialValue, "initialValue", 0)?;
         let mode = access_mode(mode)?;
-        let inner = match key {
-            KeyArg::Native(key) => SystemSemaphore::new(key, initial, mode),
-            KeyArg::Text(text) => SystemSemaphore::with_legacy_key(&text, initial, mode),
+        let permissions = convert::permissions(py, permissions, group)?;
+        let key = match key {
+            KeyArg::Native(key) => key,
+            KeyArg::Text(text) => {
+                SystemSemaphore::legacy_native_key(&text, KeyType::legacy_default_for_os())
+            }
         };
+        let inner = SystemSemaphore::with_permissions(key, initial, mode, permissions);
         Ok(Self { inner })
     }
 
@@ -157,6 +168,22 @@ impl PySystemSemaphore {
     fn acquire(&self, py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         let wait = self::timeout(timeout)?;
         self.acquire_impl(py, wait)
+    }
+
+    /// `await aacquire(timeout=None) -> bool`: `acquire()` for asyncio (see `qsharedmem._aio`).
+    #[pyo3(signature = (timeout = None))]
+    fn aacquire<'py>(
+        slf: &Bound<'py, Self>,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = self::timeout(timeout)?;
+        notify::aio(slf.py(), "aacquire", (slf, timeout))
+    }
+
+    /// One attempt without waiting: True if a token was taken; False if none is free, or if
+    /// the semaphore is unusable (`error()` says so).
+    fn _try_acquire(&self) -> bool {
+        self.inner.try_acquire().unwrap_or(false)
     }
 
     /// `release(n=1) -> bool`: gives `n` tokens back. `release(0)` is True and does nothing; a

@@ -15,7 +15,7 @@
 //! | 48 | the creator's pid |
 //! | 52 | the removal claim (nonzero once `remove()` took the names away) |
 //! | 64 | the lock: robust mutex, holder and Qt-semaphore state, owner deaths (128 bytes) |
-//! | 192 | wait/notify: the generation word and its waiters (64 bytes) |
+//! | 192 | wait/notify: the generation word, its waiters, the event namer (64 bytes) |
 //! | 256 | 32 events of 64 bytes: state word, waiters, name |
 //! | 2304 | native key and Qt legacy key: lengths, then 256 and 1024 bytes |
 //!
@@ -47,6 +47,11 @@ const ADOPTED: u32 = 1;
 /// Flag: the creator has named the block but not yet the data (the only time a block in use
 /// legitimately has no data file of its name).
 const PUBLISHING: u32 = 2;
+/// Flag: the block holds only the notify words and events of a System V segment, whose shmid
+/// is `data_ino` (see `segment::sysv_notify`); its lock is not used.
+const SYSV_NOTIFY: u32 = 4;
+/// `data_dev` of a System V notify block (no device of a file system is all ones).
+const SYSV_DEV: u64 = u64::MAX;
 
 /// Room for the native key (the `/dev/shm` name is at most 255 bytes).
 const NATIVE_KEY_MAX: usize = 256;
@@ -64,14 +69,17 @@ cross_process! {
         pub(crate) generation: AtomicU32,
         /// How many processes sleep on `generation` (a notify with none skips the wake-up call).
         pub(crate) waiters: AtomicU32,
-        _reserved: [AtomicU32; 14],
+        /// The pid of the process naming an event right now (0: nobody), see `notify::events`.
+        pub(crate) event_namer: AtomicU32,
+        _reserved: [AtomicU32; 13],
     }
 }
 
 cross_process! {
     /// One named event (64 bytes).
     pub(crate) struct EventSlot {
-        /// 0 clear, 1 set; waiters sleep on it (a futex word).
+        /// Bit 0: set; the bits above count the `set()`s that found it clear (so that a waiter
+        /// sees a `set()` that a `clear()` undid at once). Waiters sleep on it (a futex word).
         pub(crate) state: AtomicU32,
         /// How many processes sleep on `state`.
         pub(crate) waiters: AtomicU32,
@@ -187,6 +195,48 @@ impl Control {
         Ok(())
     }
 
+    /// Writes a fresh block for the notify words and events of the System V segment `shmid`,
+    /// made by `creator_pid` (its `shm_cpid`, which tells it from a later segment that got the
+    /// same id); the magic goes last. Only for a block whose file is not published yet.
+    pub(crate) fn initialise_sysv_notify(&self, shmid: i32, creator_pid: i32, what: &Describe<'_>) {
+        self.version.store(VERSION, Ordering::Relaxed);
+        self.flags.store(ADOPTED | SYSV_NOTIFY, Ordering::Relaxed);
+        self.data_dev.store(SYSV_DEV, Ordering::Relaxed);
+        self.data_ino
+            .store(u64::from(shmid.unsigned_abs()), Ordering::Relaxed);
+        self.data_size.store(what.data_size, Ordering::Relaxed);
+        self.created_ms.store(what.created_ms, Ordering::Relaxed);
+        // The creator of the System V segment, not of this block.
+        self.creator_pid
+            .store(creator_pid.unsigned_abs(), Ordering::Relaxed);
+        store_bytes(
+            &self.native_key_len,
+            &self.native_key,
+            what.native_key.as_bytes(),
+        );
+        if let Some(legacy) = what.legacy_key {
+            store_bytes(&self.legacy_key_len, &self.legacy_key, legacy.as_bytes());
+        }
+        self.magic.store(MAGIC, Ordering::Release);
+    }
+
+    /// Whether the block is complete and of this layout version (whatever it describes).
+    pub(crate) fn is_complete(&self) -> bool {
+        self.magic.load(Ordering::Acquire) == MAGIC
+            && self.version.load(Ordering::Relaxed) == VERSION
+    }
+
+    /// Whether the block is complete and holds the notify words of the System V segment
+    /// `shmid` made by `creator_pid`.
+    pub(crate) fn describes_sysv(&self, shmid: i32, creator_pid: i32) -> bool {
+        self.magic.load(Ordering::Acquire) == MAGIC
+            && self.version.load(Ordering::Relaxed) == VERSION
+            && self.flags.load(Ordering::Relaxed) & SYSV_NOTIFY != 0
+            && self.data_dev.load(Ordering::Relaxed) == SYSV_DEV
+            && self.data_ino.load(Ordering::Relaxed) == u64::from(shmid.unsigned_abs())
+            && self.creator_pid.load(Ordering::Relaxed) == creator_pid.unsigned_abs()
+    }
+
     /// Whether the block is complete, of this layout version, and describes the data file
     /// `data`.
     pub(crate) fn describes(&self, data: FileId) -> bool {
@@ -298,6 +348,8 @@ pub(crate) struct ControlRecord {
     pub(crate) native_key: Option<String>,
     /// The Qt legacy key the segment was created with.
     pub(crate) legacy_key: Option<String>,
+    /// For the notify block of a System V segment: that segment's shmid.
+    pub(crate) sysv_shmid: Option<i32>,
     /// How many processes wait for a notification.
     pub(crate) notify_waiters: u32,
     /// The notify generation.
@@ -345,7 +397,7 @@ impl ControlRecord {
                         .unwrap_or_else(|| format!("#{index}"));
                     (
                         name,
-                        slot.state.load(Ordering::Relaxed) != 0,
+                        slot.state.load(Ordering::Relaxed) & 1 != 0,
                         slot.waiters.load(Ordering::Relaxed),
                     )
                 })
@@ -368,6 +420,8 @@ impl ControlRecord {
             owner_deaths: control.lock.owner_deaths(),
             native_key: load_string(&control.native_key_len, &control.native_key),
             legacy_key: load_string(&control.legacy_key_len, &control.legacy_key),
+            sysv_shmid: (control.flags.load(Ordering::Relaxed) & SYSV_NOTIFY != 0)
+                .then(|| i32::try_from(control.data_ino.load(Ordering::Relaxed)).unwrap_or(-1)),
             notify_waiters: control.notify.waiters.load(Ordering::Relaxed),
             generation: control.notify.generation.load(Ordering::Relaxed),
             events,

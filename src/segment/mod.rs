@@ -21,6 +21,7 @@ pub(crate) mod control;
 pub(crate) mod posix;
 pub(crate) mod registry;
 pub(crate) mod sysv;
+pub(crate) mod sysv_notify;
 
 use crate::sys::mapping::{page_size, Mapping};
 use crate::sys::{posix as sys_posix, Errno};
@@ -258,6 +259,19 @@ impl Attachment {
         match &self.inner {
             Inner::Posix(p) => p.control(),
             Inner::SysV(_) => None,
+        }
+    }
+
+    /// The control block that holds the segment's notify generation and events: a POSIX
+    /// segment's own, or a System V segment's notify block (made now if nobody made it yet).
+    /// `None` errno for a foreign POSIX segment whose control block this process may not write
+    /// (or that has none).
+    pub(crate) fn notify_block(
+        &self,
+    ) -> Result<std::sync::Arc<control::ControlMap>, Option<Errno>> {
+        match &self.inner {
+            Inner::Posix(p) => p.control().cloned().ok_or(None),
+            Inner::SysV(s) => s.notify_block().map_err(Some),
         }
     }
 

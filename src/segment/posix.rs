@@ -457,6 +457,10 @@ fn reclaim_sidecar(side_name: &str) -> Result<Reclaim, Failure> {
     let Ok(record) = ControlRecord::read(fd.as_fd()) else {
         return Ok(Reclaim::NotOurs);
     };
+    if record.sysv_shmid.is_some() {
+        // A System V segment's notify block that happens to have this name: not a sidecar.
+        return Ok(Reclaim::NotOurs);
+    }
     let data_name = &side_name[..side_name.len() - super::control::SIDECAR_SUFFIX.len()];
     if !record.adopted {
         let _ = unlink_if_file(data_name, record.data);
@@ -484,7 +488,7 @@ fn retire_open_if_data_gone(fd: BorrowedFd<'_>, side_name: &str) -> Result<bool,
     let Ok(record) = ControlRecord::read(fd) else {
         return Ok(false);
     };
-    if record.publishing {
+    if record.publishing || record.sysv_shmid.is_some() {
         return Ok(false);
     }
     let data_name = &side_name[..side_name.len() - super::control::SIDECAR_SUFFIX.len()];
@@ -724,6 +728,8 @@ fn stale_sidecar(fd: BorrowedFd<'_>, side_name: &str) -> Result<bool, Failure> {
     match ControlRecord::read(fd) {
         Err(NotAControlBlock::Version(version)) => return Err(Failure::UnknownVersion { version }),
         Err(_) => return Ok(false),
+        // A System V segment's notify block (`qsm-sysv-<shmid>.qsm`): not ours to remove.
+        Ok(record) if record.sysv_shmid.is_some() => return Ok(false),
         Ok(_) => {}
     }
     let probe = posix::reopen(fd, false).map_err(|e| Failure::Os(Step::Count, e))?;

@@ -13,10 +13,11 @@
 
 use std::ffi::CString;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use super::{AccessMode, Attachment, Failure, Inner, Permissions, Step};
+use super::control::ControlMap;
+use super::{sysv_notify, AccessMode, Attachment, Failure, Inner, Permissions, Step};
 use crate::lock::sysv_sem::SysVSemaphore;
 use crate::sys::mapping::Mapping;
 use crate::sys::{process, sysv, Errno};
@@ -31,9 +32,22 @@ pub(crate) struct SysVAttachment {
     key_file: CString,
     project_id: u8,
     lock: Arc<SysVSemaphore>,
+    /// The segment's notify block, once this attachment used it (see [`super::sysv_notify`]).
+    notify: Mutex<Option<Arc<ControlMap>>>,
 }
 
 impl SysVAttachment {
+    /// The segment's notify block, made now if nobody made it yet.
+    pub(crate) fn notify_block(&self) -> Result<Arc<ControlMap>, Errno> {
+        let mut slot = self.notify.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(map) = slot.as_ref() {
+            return Ok(Arc::clone(map));
+        }
+        let map = Arc::new(sysv_notify::open_or_create(self.shmid)?);
+        *slot = Some(Arc::clone(&map));
+        Ok(map)
+    }
+
     pub(crate) fn shmid(&self) -> i32 {
         self.shmid
     }
@@ -181,7 +195,11 @@ fn reclaim_orphan(key: sysv::IpcKey) -> bool {
     let gone = |pid: i32| pid == me || !process::is_alive(pid);
     match sysv::shm_stat(old) {
         Ok(st) if st.attached == 0 && gone(st.creator_pid) && gone(st.last_pid) => {
-            sysv::shm_remove(old).is_ok()
+            let removed = sysv::shm_remove(old).is_ok();
+            if removed {
+                sysv_notify::remove(old);
+            }
+            removed
         }
         _ => false,
     }
@@ -228,6 +246,7 @@ fn attach_id(
             key_file,
             project_id,
             lock: lock.clone(),
+            notify: Mutex::new(None),
         }),
     })
 }
@@ -289,6 +308,7 @@ pub(crate) fn remove_if_unused(
     match sysv::shm_stat(shmid) {
         Ok(st) if st.attached == 0 => {
             let _ = sysv::shm_remove(shmid);
+            sysv_notify::remove(shmid);
             testpoint::step("detach:removed");
             remove_key_file_and_lock(key_file, lock);
         }
@@ -297,8 +317,11 @@ pub(crate) fn remove_if_unused(
         // us; they go too unless a new segment has taken the key meanwhile (it would share
         // them). Nobody is creating one right now: creators hold the lock, and so do we.
         Err(Errno::EINVAL | Errno::EIDRM) if !key_in_use(key_file, project_id) => {
+            sysv_notify::remove(shmid);
             remove_key_file_and_lock(key_file, lock);
         }
+        // Gone, and its key taken by a new segment: only its notify block is ours to remove.
+        Err(Errno::EINVAL | Errno::EIDRM) => sysv_notify::remove(shmid),
         _ => {}
     }
 }

@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::{self, NonNull};
 
 use super::cvt::{cvt, Errno, SysResult};
+use super::futex::FutexWord;
 
 /// A type that may live in memory other processes write: every bit pattern is a valid value
 /// and every byte may change under a shared reference (atomics, `UnsafeCell`s), so
@@ -288,6 +289,49 @@ impl Mapping {
         // process writes there, the reference stays sound. It borrows `self`, so it cannot
         // outlive the mapping.
         unsafe { &*self.as_ptr().add(offset).cast::<T>() }
+    }
+
+    /// Checks that a `T`-sized, `T`-aligned value at `offset` lies inside the mapping.
+    fn check_word<T>(&self, offset: usize) {
+        assert!(
+            offset % std::mem::align_of::<T>() == 0
+                && offset
+                    .checked_add(std::mem::size_of::<T>())
+                    .is_some_and(|end| end <= self.len),
+            "word out of range or misaligned"
+        );
+    }
+
+    /// The 32-bit word at `offset`, for futex calls and atomic loads: also in a read-only
+    /// mapping (the kernel and [`FutexWord::load`] only read it).
+    ///
+    /// # Panics
+    /// If the word is misaligned or not inside the mapping.
+    #[must_use]
+    pub fn futex_word(&self, offset: usize) -> FutexWord<'_> {
+        self.check_word::<u32>(offset);
+        // SAFETY: inside the live mapping (checked above), so `ptr + offset` is not null.
+        let addr = unsafe { NonNull::new_unchecked(self.as_ptr().add(offset).cast::<u32>()) };
+        FutexWord::at(addr)
+    }
+
+    /// The 64-bit word at `offset`, loaded atomically with acquire ordering; also in a
+    /// read-only mapping (a relaxed atomic load no wider than a pointer never writes, per Rust's
+    /// rules for atomic accesses to read-only memory; the fence gives it acquire ordering).
+    ///
+    /// # Panics
+    /// If the word is misaligned or not inside the mapping.
+    #[must_use]
+    pub fn load_u64(&self, offset: usize) -> u64 {
+        self.check_word::<u64>(offset);
+        // SAFETY: aligned and inside the live mapping (checked above); others may write it,
+        // which is what an atomic is for.
+        let cell = unsafe {
+            std::sync::atomic::AtomicU64::from_ptr(self.as_ptr().add(offset).cast::<u64>())
+        };
+        let value = cell.load(std::sync::atomic::Ordering::Relaxed);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::Acquire);
+        value
     }
 
     /// Copies bytes out of the mapping one atomic load at a time: sound whatever other

@@ -10,6 +10,7 @@
 #![allow(unsafe_code)]
 
 mod cvt;
+pub mod futex;
 pub mod mapping;
 pub mod mutex;
 pub mod namedsem;
@@ -19,5 +20,6 @@ pub mod procfs;
 pub mod published;
 pub(crate) mod sigbus;
 pub mod sysv;
+pub mod wakeup;
 
 pub use cvt::{strerror, Errno, SysResult};

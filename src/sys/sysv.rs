@@ -132,6 +132,8 @@ pub struct ShmStat {
     pub changed: i64,
     /// Owner uid.
     pub uid: u32,
+    /// Owner gid.
+    pub gid: u32,
     /// Permission bits.
     pub mode: u32,
     /// The IPC key the segment was created with (`IPC_PRIVATE` once removed).
@@ -166,6 +168,7 @@ pub fn shm_stat(id: i32) -> SysResult<ShmStat> {
         last_pid: ds.shm_lpid,
         changed: ds.shm_ctime,
         uid: ds.shm_perm.uid,
+        gid: ds.shm_perm.gid,
         mode: u32::from(ds.shm_perm.mode),
         key: ds.shm_perm.__key,
     })
@@ -321,6 +324,45 @@ pub fn sem_last_pid(id: i32, num: i32) -> SysResult<i32> {
 pub fn sem_waiters(id: i32, num: i32) -> SysResult<i32> {
     // SAFETY: GETNCNT takes no fourth argument.
     cvt(unsafe { libc::semctl(id, num, libc::GETNCNT) })
+}
+
+/// `semctl(id, 0, IPC_SET)` with the set's permission bits changed to `mode` and, if given, its
+/// group to `group` (the owner is kept; only the owner, creator or root may do this).
+pub fn sem_set_permissions(id: i32, mode: u32, group: Option<u32>) -> SysResult<()> {
+    let mut ds = std::mem::MaybeUninit::<libc::semid_ds>::uninit();
+    // SAFETY: IPC_STAT takes a `struct semid_ds *` as its fourth (variadic) argument; `ds` is
+    // valid for writes of one.
+    cvt(unsafe { libc::semctl(id, 0, libc::IPC_STAT, ds.as_mut_ptr()) })?;
+    // SAFETY: IPC_STAT succeeded and filled the struct.
+    let mut ds = unsafe { ds.assume_init() };
+    ds.sem_perm.mode = (mode & 0o777) as libc::c_ushort;
+    if let Some(group) = group {
+        ds.sem_perm.gid = group;
+    }
+    // SAFETY: IPC_SET reads uid, gid and mode from a valid, filled `struct semid_ds *` passed
+    // as the fourth argument.
+    cvt(unsafe { libc::semctl(id, 0, libc::IPC_SET, &mut ds) }).map(drop)
+}
+
+/// Gives the key file at `path` the permission bits `mode` and, if given, the group `group`,
+/// through a descriptor opened without following a symbolic link (key files never are).
+pub fn set_key_file_permissions(path: &CString, mode: u32, group: Option<u32>) -> SysResult<()> {
+    let fd = retry(|| {
+        // SAFETY: `path` is a valid NUL-terminated string.
+        cvt(unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })
+    })?;
+    // SAFETY: `open` returned a new descriptor nobody else owns; dropping it closes it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    super::posix::set_mode(std::os::fd::AsFd::as_fd(&fd), mode & 0o777)?;
+    if let Some(group) = group {
+        super::posix::set_group(std::os::fd::AsFd::as_fd(&fd), group)?;
+    }
+    Ok(())
 }
 
 /// `semctl(id, 0, IPC_RMID)`.
