@@ -4,7 +4,10 @@ use std::ffi::CString;
 use std::ptr::NonNull;
 use std::time::Duration;
 
+use std::os::fd::AsFd;
+
 use super::cvt::{c_string, cvt, realtime_deadline, retry, Errno, SysResult};
+use super::posix;
 
 /// An open named semaphore, closed (`sem_close`) when dropped.
 #[derive(Debug)]
@@ -38,7 +41,31 @@ fn name_c(name: &str) -> SysResult<CString> {
 
 impl NamedSemaphore {
     /// `sem_open(name, ...)`; `name` is passed to glibc as it is (Qt passes `"/<key>"`).
+    ///
+    /// `CreateNew` does not use glibc's way of creating: glibc writes a temporary
+    /// `/dev/shm/sem.XXXXXX`, links it to the name and unlinks it, so a process killed in between
+    /// leaves that temporary file behind for ever. We write the semaphore into an unnamed file
+    /// and give it its name atomically (as for segments), so a kill at any instruction leaves
+    /// either nothing or the finished semaphore; then glibc opens it by name.
     pub fn open(name: &str, how: OpenMode) -> SysResult<Self> {
+        if let OpenMode::CreateNew { mode, value } = how {
+            for _ in 0..8 {
+                match create_named_file(name, mode, value) {
+                    Ok(()) => {}
+                    Err(CreateRoute::Glibc) => break,
+                    Err(CreateRoute::Failed(errno)) => return Err(errno),
+                }
+                match Self::open(name, OpenMode::Existing) {
+                    // unlinked again between our link and our open: make another one
+                    Err(Errno::ENOENT) => continue,
+                    opened => return opened,
+                }
+            }
+        }
+        Self::open_with_glibc(name, how)
+    }
+
+    fn open_with_glibc(name: &str, how: OpenMode) -> SysResult<Self> {
         let c_name = name_c(name)?;
         let sem = retry(|| {
             let sem = match how {
@@ -125,6 +152,44 @@ impl Drop for NamedSemaphore {
     }
 }
 
+/// Why [`create_named_file`] did not make the semaphore.
+enum CreateRoute {
+    /// This name or this system needs glibc's own way (which then reports any error itself).
+    Glibc,
+    /// The name exists (`EEXIST`), or another definite error.
+    Failed(Errno),
+}
+
+/// Writes a semaphore of `value` into an unnamed file in `/dev/shm` and links it as the file
+/// that `sem_open(name)` opens. The bytes are glibc's own: `sem_init(pshared = 1)` lays out a
+/// zeroed `sem_t` exactly as `sem_open` does for a new semaphore (the value, no waiters, the
+/// shared-futex flag).
+fn create_named_file(name: &str, mode: libc::mode_t, value: u32) -> Result<(), CreateRoute> {
+    let file_name = posix::shm_file_name(name, true).map_err(|_| CreateRoute::Glibc)?;
+    // SAFETY: an all-zero sem_t is a valid bit pattern for a plain C struct of integers.
+    let mut image: libc::sem_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `image` is a valid, writable sem_t; it is only copied as bytes afterwards, never
+    // used as a semaphore, so it needs no sem_destroy.
+    if unsafe { libc::sem_init(&mut image, 1, value) } != 0 {
+        return Err(CreateRoute::Failed(Errno::last())); // EINVAL: value > SEM_VALUE_MAX
+    }
+    // SAFETY: `image` is initialised, and any initialised memory may be read as bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&raw const image).cast::<u8>(),
+            std::mem::size_of::<libc::sem_t>(),
+        )
+    };
+    // No O_TMPFILE (an old kernel, another file system): glibc's way.
+    let file = posix::create_unnamed(bytes.len() as u64, mode).map_err(|_| CreateRoute::Glibc)?;
+    posix::write_all_at(file.as_fd(), 0, bytes).map_err(CreateRoute::Failed)?;
+    match posix::publish(file.as_fd(), &file_name) {
+        Ok(()) => Ok(()),
+        Err(Errno::EEXIST) => Err(CreateRoute::Failed(Errno::EEXIST)),
+        Err(_) => Err(CreateRoute::Glibc),
+    }
+}
+
 /// `sem_unlink(name)`.
 pub fn unlink(name: &str) -> SysResult<()> {
     let c_name = name_c(name)?;
@@ -173,5 +238,30 @@ mod tests {
             NamedSemaphore::open("/a/b", OpenMode::Existing).unwrap_err(),
             Errno::EINVAL
         );
+    }
+
+    #[test]
+    fn a_created_semaphore_has_the_bytes_glibc_gives_it() {
+        let ours = format!("/qsm-namedsem-ours-{}", std::process::id());
+        let glibcs = format!("/qsm-namedsem-glibc-{}", std::process::id());
+        let how = OpenMode::CreateNew {
+            mode: 0o640,
+            value: 3,
+        };
+        let a = NamedSemaphore::open(&ours, how).unwrap();
+        let b = NamedSemaphore::open_with_glibc(&glibcs, how).unwrap();
+        let read = |name: &str| std::fs::read(format!("/dev/shm/sem.{}", &name[1..])).unwrap();
+        assert_eq!(read(&ours), read(&glibcs));
+        assert_eq!((a.value().unwrap(), b.value().unwrap()), (3, 3));
+        a.try_wait().unwrap();
+        assert_eq!(
+            NamedSemaphore::open(&ours, OpenMode::Existing)
+                .unwrap()
+                .value(),
+            Ok(2)
+        );
+        assert_eq!(NamedSemaphore::open(&ours, how).unwrap_err(), Errno::EEXIST);
+        unlink(&ours).unwrap();
+        unlink(&glibcs).unwrap();
     }
 }

@@ -208,6 +208,32 @@ pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<FileStat> {
     Ok(FileStat::from_raw(unsafe { &st.assume_init() }))
 }
 
+/// `pwrite` all of `buf` at `offset`.
+pub fn write_all_at(fd: BorrowedFd<'_>, offset: u64, buf: &[u8]) -> SysResult<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset
+            .checked_add(done as u64)
+            .and_then(|at| libc::off_t::try_from(at).ok())
+            .ok_or(Errno::EOVERFLOW)?;
+        let rest = &buf[done..];
+        let n = retry(|| {
+            // SAFETY: `rest` is valid for reads of `rest.len()` bytes; `fd` is open.
+            let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), at) };
+            if n < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(n.unsigned_abs())
+            }
+        })?;
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+        done += n;
+    }
+    Ok(())
+}
+
 /// `pread` until `buf` is full or the file ends; returns how many bytes were read. Reading
 /// copies, so unlike a mapping it cannot fault when another process shrinks the file meanwhile.
 pub fn read_at(fd: BorrowedFd<'_>, offset: u64, buf: &mut [u8]) -> SysResult<usize> {
