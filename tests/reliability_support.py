@@ -17,7 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HELPERS_DIR, POSIX_TYPE, SYSV_TYPE, ChildProcesses, KeyRegistry, child_env
+from support import HELPERS_DIR
+from support.impls import POSIX_TYPE, SYSV_TYPE
+from support.keys import KeyRegistry
+from support.processes import ChildProcesses, child_env
 
 AGENT = HELPERS_DIR / "shm_agent.py"
 STOP_MARK = "qsharedmem-test-stop "

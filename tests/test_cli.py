@@ -21,9 +21,13 @@ from typing import Any
 
 import pytest
 import qsharedmem
-from conftest import DEV_SHM, HELPERS_DIR, POSIX_TYPE, Child, ChildProcesses, KeyRegistry, Result
 from qsharedmem import QNativeIpcKey, QSharedMemory, cli
 from qsharedmem import _qsharedmem as inspection
+from support import HELPERS_DIR
+from support.impls import POSIX_TYPE
+from support.ipc import DEV_SHM
+from support.keys import KeyRegistry
+from support.processes import Child, ChildProcesses, Result
 
 HOLDER = HELPERS_DIR / "segment_holder.py"
 SYSV_T = QNativeIpcKey.Type(ord("T"))

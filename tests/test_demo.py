@@ -10,8 +10,8 @@ import re
 from typing import Any
 
 import pytest
-from conftest import KeyRegistry
 from qsharedmem import QNativeIpcKey, QSharedMemory
+from support.keys import KeyRegistry
 
 TIMEOUT = 300.0  # hang guard for the whole demo; nothing asserts a duration
 KEY_TYPES = {"posix": QNativeIpcKey.Type.PosixRealtime, "systemv": QNativeIpcKey.Type.SystemV}

@@ -26,19 +26,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import (
-    KEY_TYPES,
-    NOBODY,
-    PERMISSION_KEYS,
-    POSIX_TYPE,
-    WINDOWS_TYPE,
-    ChildProcesses,
-    Impl,
-    KeyRegistry,
-    load_impl,
-    permission_test_key,
-    type_value,
-)
+from support.impls import KEY_TYPES, POSIX_TYPE, WINDOWS_TYPE, Impl, load_impl, type_value
+from support.keys import NOBODY, PERMISSION_KEYS, KeyRegistry, permission_test_key
+from support.processes import ChildProcesses
 
 INIT = "QSharedMemoryPrivate::initKey: unable to set key on lock "
 

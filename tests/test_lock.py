@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 import qsharedmem
-from conftest import Impl, KeyRegistry, load_impl
 from helpers.agent import Agent, start_agent
-from helpers.segments import segment_exists
+from support.impls import Impl, load_impl
+from support.ipc import segment_exists
+from support.keys import KeyRegistry
 
 TIMEOUT = 60.0
 

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Impl, KeyRegistry, ftok_matches, load_impl, sysv_objects, sysv_remove
 from helpers.agent import Agent, start_agent
-from helpers.segments import is_posix, segment_exists
+from support.impls import Impl, load_impl
+from support.ipc import ftok_matches, is_posix, segment_exists, sysv_objects, sysv_remove
+from support.keys import KeyRegistry
 
 TIMEOUT = 60.0
 

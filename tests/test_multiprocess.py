@@ -17,7 +17,6 @@ import struct
 from typing import Any
 
 import pytest
-from conftest import Impl, KeyRegistry, load_impl
 from helpers.agent import Agent, start_agent
 from helpers.mp_children import (
     CHILD_OFFSET,
@@ -26,7 +25,9 @@ from helpers.mp_children import (
     outlive_parent_detach,
     use_inherited_then_detach,
 )
-from helpers.segments import is_posix, segment_exists, sysv_segment
+from support.impls import Impl, load_impl
+from support.ipc import is_posix, segment_exists, sysv_segment
+from support.keys import KeyRegistry
 
 TIMEOUT = 60.0  # hang guard for every wait; nothing asserts a duration
 MARKER = b"PARENT!!"

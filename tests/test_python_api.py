@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 import qsharedmem
-from conftest import Impl, KeyRegistry, load_impl
 from helpers.mp_children import CHILD_OFFSET, CHILD_TEXT, LabelledMemory, report_pickled
-from helpers.segments import segment_exists
 from qsharedmem import QNativeIpcKey, QSharedMemory
+from support.impls import Impl, load_impl
+from support.ipc import segment_exists
+from support.keys import KeyRegistry
 
 TIMEOUT = 60.0
 MARKER = b"PARENT!!"

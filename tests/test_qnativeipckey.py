@@ -30,11 +30,11 @@ from typing import Any
 
 import pytest
 import qsharedmem
-from conftest import ChildProcesses, child_env
 from PySide6.QtCore import QNativeIpcKey as QtKey
 from PySide6.QtCore import QSharedMemory as QtSharedMemory
 from qsharedmem import QNativeIpcKey
 from qsharedmem._enums import KeyType
+from support.processes import ChildProcesses, child_env
 
 Type = QNativeIpcKey.Type
 

@@ -29,21 +29,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import sem_probe
-from conftest import (
-    KEY_TYPES,
-    NOBODY,
-    PERMISSION_KEYS,
-    POSIX_TYPE,
-    TESTS_DIR,
-    WINDOWS_TYPE,
-    ChildProcesses,
-    Impl,
-    KeyRegistry,
-    load_impl,
-    permission_test_key,
-    type_value,
-)
+from support import TESTS_DIR, sem_probe
+from support.impls import KEY_TYPES, POSIX_TYPE, WINDOWS_TYPE, Impl, load_impl, type_value
+from support.keys import NOBODY, PERMISSION_KEYS, KeyRegistry, permission_test_key
+from support.processes import ChildProcesses
 
 HANG_GUARD = 60.0  # seconds; only against hangs, nothing asserts a duration
 

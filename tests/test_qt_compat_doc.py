@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 import qsharedmem
-from conftest import ChildProcesses, KeyRegistry
+from support.keys import KeyRegistry
+from support.processes import ChildProcesses
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "qt-compat.md"
 EXAMPLE = re.compile(

@@ -47,16 +47,11 @@ from typing import Any
 
 import pytest
 import qsharedmem
-from conftest import (
-    DEV_SHM,
-    HELPERS_DIR,
-    Child,
-    ChildProcesses,
-    KeyRegistry,
-    sysv_objects,
-    sysv_remove,
-)
 from qsharedmem import QNativeIpcKey, QSharedMemory
+from support import HELPERS_DIR
+from support.ipc import DEV_SHM, sysv_objects, sysv_remove
+from support.keys import KeyRegistry
+from support.processes import Child, ChildProcesses
 
 QT_PEER = HELPERS_DIR / "qt_peer.py"
 

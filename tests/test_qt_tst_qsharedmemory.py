@@ -44,16 +44,10 @@ from typing import Any
 import numpy as np
 import posix_ipc
 import pytest
-from conftest import (
-    DEV_SHM,
-    POSIX_TYPE,
-    PRODUCER_CONSUMER,
-    SYSV_TYPE,
-    WINDOWS_TYPE,
-    Impl,
-    KeyRegistry,
-    type_value,
-)
+from support.impls import POSIX_TYPE, SYSV_TYPE, WINDOWS_TYPE, Impl, type_value
+from support.ipc import DEV_SHM
+from support.keys import KeyRegistry
+from support.processes import PRODUCER_CONSUMER
 
 EXISTING_SIZE = 1024
 HELPER_TIMEOUT = 60.0  # hang guards only; nothing asserts a duration

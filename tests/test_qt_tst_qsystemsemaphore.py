@@ -31,8 +31,10 @@ import gc
 from typing import Any
 
 import pytest
-import sem_probe
-from conftest import ACQUIRE_RELEASE, POSIX_TYPE, ChildProcesses, Impl, KeyRegistry, type_value
+from support import sem_probe
+from support.impls import POSIX_TYPE, Impl, type_value
+from support.keys import KeyRegistry
+from support.processes import ACQUIRE_RELEASE, ChildProcesses
 
 HELPER_TIMEOUT = 60.0  # hang guards only; nothing asserts a duration
 

@@ -30,7 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import KeyRegistry, child_env, load_impl
+from support.impls import load_impl
+from support.keys import KeyRegistry
+from support.processes import child_env
 
 Observation = list[Any]
 

@@ -23,8 +23,9 @@ import selectors
 
 import pytest
 import qsharedmem
-from conftest import ChildProcesses, KeyRegistry
 from reliability_support import Agent, new_key, start_agent, wait_until_blocked
+from support.keys import KeyRegistry
+from support.processes import ChildProcesses
 
 S = qsharedmem.QSharedMemory
 SIZE = 3 * 4096 + 100

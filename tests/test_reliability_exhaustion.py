@@ -27,8 +27,9 @@ from pathlib import Path
 
 import pytest
 import qsharedmem
-from conftest import ChildProcesses, KeyRegistry
 from reliability_support import fd_count, new_key, rss_kib, start_agent
+from support.keys import KeyRegistry
+from support.processes import ChildProcesses
 
 S = qsharedmem.QSharedMemory
 MIB = 1 << 20

@@ -26,8 +26,11 @@ from pathlib import Path
 
 import pytest
 import qsharedmem
-from conftest import ChildProcesses, KeyRegistry, load_impl, sysv_objects_for_file
 from reliability_support import new_key, start_agent
+from support.impls import load_impl
+from support.ipc import sysv_objects_for_file
+from support.keys import KeyRegistry
+from support.processes import ChildProcesses
 
 S = qsharedmem.QSharedMemory
 K = qsharedmem.QNativeIpcKey

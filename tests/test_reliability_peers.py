@@ -24,8 +24,10 @@ from pathlib import Path
 
 import pytest
 import qsharedmem
-from conftest import Child, KeyRegistry, child_env, sysv_objects_for_file, sysv_remove
 from reliability_support import wait_until_blocked
+from support.ipc import sysv_objects_for_file, sysv_remove
+from support.keys import KeyRegistry
+from support.processes import Child, child_env
 
 HANG = 3.0  # seconds a peer may take before it counts as hanging
 PAGE = os.sysconf("SC_PAGE_SIZE")

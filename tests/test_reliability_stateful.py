@@ -25,7 +25,6 @@ import dataclasses
 import itertools
 
 import qsharedmem
-from conftest import ChildProcesses, KeyRegistry
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -37,6 +36,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 from reliability_support import Agent, start_agent
+from support.keys import KeyRegistry
+from support.processes import ChildProcesses
 
 S = qsharedmem.QSharedMemory
 K = qsharedmem.QNativeIpcKey

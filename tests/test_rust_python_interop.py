@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import KEY_TYPES
 from qsharedmem import QNativeIpcKey, QSharedMemory
+from support.impls import KEY_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "target" / "release" / "examples"

@@ -21,7 +21,8 @@ from typing import Any
 import posix_ipc
 import pytest
 import sysv_ipc
-from conftest import POSIX_TYPE, type_value
+
+from support.impls import POSIX_TYPE, type_value
 
 
 def _posix_name(key: Any) -> str:
