@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import qsharedmem
-from helpers.agent import Agent, start_agent
+from support.agent import Agent, start_agent
 from support.impls import Impl, load_impl
 from support.ipc import segment_exists
 from support.keys import KeyRegistry

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers.agent import Agent, start_agent
+from support.agent import Agent, start_agent
 from support.impls import Impl, load_impl
 from support.ipc import ftok_matches, is_posix, segment_exists, sysv_objects, sysv_remove
 from support.keys import KeyRegistry

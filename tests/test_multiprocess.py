@@ -17,7 +17,6 @@ import struct
 from typing import Any
 
 import pytest
-from helpers.agent import Agent, start_agent
 from helpers.mp_children import (
     CHILD_OFFSET,
     CHILD_TEXT,
@@ -25,6 +24,7 @@ from helpers.mp_children import (
     outlive_parent_detach,
     use_inherited_then_detach,
 )
+from support.agent import Agent, start_agent
 from support.impls import Impl, load_impl
 from support.ipc import is_posix, segment_exists, sysv_segment
 from support.keys import KeyRegistry
