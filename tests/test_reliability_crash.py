@@ -1,6 +1,6 @@
 """Crashes at every step: a real SIGKILL injected inside create, attach, detach, lock and unlock.
 
-A victim process (``helpers/shm_agent.py``) runs with ``QSHAREDMEM_TEST_STOP_AT=<step>``: when it
+A victim process (``helpers/agent.py``) runs with ``QSHAREDMEM_TEST_STOP_AT=<step>``: when it
 reaches that step, qsharedmem prints a marker and stops it (src/testpoint.rs), and the test
 SIGKILLs it right there. Then, for every step of both backends:
 
@@ -23,9 +23,9 @@ import selectors
 
 import pytest
 import qsharedmem
-from reliability_support import Agent, new_key, start_agent, wait_until_blocked
-from support.keys import KeyRegistry
-from support.processes import ChildProcesses
+from support.agent import Agent, start_agent
+from support.keys import KeyRegistry, new_key
+from support.processes import ChildProcesses, wait_until_blocked
 
 S = qsharedmem.QSharedMemory
 SIZE = 3 * 4096 + 100
@@ -108,7 +108,7 @@ def kill_victim(procs: ChildProcesses, crash: Crash, key_text: str, before: list
         "lock": ["lock", "h", LOCK_WAIT],
         "unlock": ["unlock", "h"],
     }[crash.scenario]
-    victim.send(*operation)
+    victim.send_op(*operation)
     victim.wait_stopped(crash.step)
     victim.kill()
 
@@ -144,7 +144,7 @@ def one_round(
             assert victim.call("key", "h", key_text).r is True
             assert victim.call("attach", "h").r is True
             assert survivor.detach()
-            victim.send("detach", "h")
+            victim.send_op("detach", "h")
             victim.wait_stopped(crash.step)
             victim.kill()
             # Whatever the victim left (an orphan, or nothing): the next create() succeeds.
@@ -214,7 +214,7 @@ def test_lock_holder_killed_while_others_wait(
         assert agent.call("attach", "h").r is True
     assert holder.call("lock", "h").r is True
     for waiter in waiters:
-        waiter.send("lock", "h", 60)
+        waiter.send_op("lock", "h", 60)
         waiter.wait_started("lock")
         wait_until_blocked(waiter.pid)
     holder.kill()
@@ -240,7 +240,7 @@ def test_lock_holder_killed_while_others_wait(
     assert owner.unlock()
     for waiter in waiters:
         assert waiter.call("detach", "h").r is True
-        assert waiter.finish() == 0
+        assert waiter.exit() == 0
     assert owner.detach()
     assert make_key.leftovers(make_key("waiters")) == []
 
@@ -253,7 +253,7 @@ def test_stop_hook_is_inert_when_unset(procs: ChildProcesses, make_key: KeyRegis
     assert agent.call("key", "h", key.toString()).r is True
     for command in (["create", "h", 10], ["lock", "h"], ["unlock", "h"], ["detach", "h"]):
         assert agent.call(*command).r is True
-    assert agent.finish() == 0
+    assert agent.exit() == 0
 
 
 # ------------------------------------------------------------------------------------------------

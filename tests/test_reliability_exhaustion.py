@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pytest
 import qsharedmem
-from reliability_support import fd_count, new_key, rss_kib, start_agent
-from support.keys import KeyRegistry
-from support.processes import ChildProcesses
+from support.agent import start_agent
+from support.keys import KeyRegistry, new_key
+from support.processes import ChildProcesses, fd_count, rss_kib
 
 S = qsharedmem.QSharedMemory
 MIB = 1 << 20
@@ -120,7 +120,7 @@ def test_locked_increments_add_up(
         assert agent.call("key", "h", key.toString()).r is True
         assert agent.call("attach", "h").r is True
     for agent in agents:
-        agent.send("incr", "h", 8, INCREMENTS)
+        agent.send_op("incr", "h", 8, INCREMENTS)
     for agent in agents:
         reply = agent.result(timeout=600)
         assert reply.r == 0, reply  # no lock reported a dead owner
@@ -130,7 +130,7 @@ def test_locked_increments_add_up(
     assert total == PROCESSES * INCREMENTS
     for agent in agents:
         assert agent.call("detach", "h").r is True
-        assert agent.finish() == 0
+        assert agent.exit() == 0
     assert owner.detach()
     del owner
     assert make_key.leftovers(make_key("counter")) == []
@@ -196,7 +196,7 @@ def test_cycles_with_concurrent_attachers_leave_nothing(
     churners = [start_agent(procs) for _ in range(CHURNERS)]
     for churner in churners:
         assert churner.call("key", "h", key.toString()).r is True
-        churner.send("churn", "h", str(stop))
+        churner.send_op("churn", "h", str(stop))
         churner.wait_started("churn")
 
     counts = {"created": 0, "attached": 0}
@@ -212,7 +212,7 @@ def test_cycles_with_concurrent_attachers_leave_nothing(
     for churner in churners:
         for outcome, n in churner.result(timeout=120).r.items():
             seen[outcome] = seen.get(outcome, 0) + n
-        assert churner.finish() == 0
+        assert churner.exit() == 0
     print(f"{backend}: cycles {counts}, other processes {seen}, RSS {rss} -> {rss_after} KiB")
 
     assert counts["created"] + counts["attached"] == WARMUP + CYCLES

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import pytest
 import qsharedmem
-from reliability_support import new_key, start_agent
+from support.agent import start_agent
 from support.impls import load_impl
 from support.ipc import sysv_objects_for_file
-from support.keys import KeyRegistry
+from support.keys import KeyRegistry, new_key
 from support.processes import ChildProcesses
 
 S = qsharedmem.QSharedMemory
@@ -130,7 +130,7 @@ def test_removed_from_outside_while_attached(
         assert reader.detach()
         assert fresh.lock(10) and fresh.unlock()
         assert fresh.detach()
-    assert peer.finish() == 0
+    assert peer.exit() == 0
     del owner, late, fresh
     assert make_key.leftovers(make_key(name)) == []
 
@@ -321,7 +321,7 @@ def test_peer_truncates_the_file_under_an_attachment(
     assert reply.r is False, "detach() reports the damage"
     assert reply.e[0] == "UnknownError" and truncated in reply.e[1], reply
     assert victim.call("attached", "h").r is False, "... and detaches anyway"
-    assert victim.finish() == 0
+    assert victim.exit() == 0
 
     # The owner's own mapping was truncated too; it survives and is told as well.
     assert sum(bytes(owner.constData())) <= size
@@ -366,7 +366,7 @@ def test_peer_truncates_the_file_while_the_victim_holds_the_lock(
         assert victim.call("lock", "o", 5).r is True
         assert victim.call("unlock", "o").r is True
     assert victim.call("detach", "o").r is True
-    assert victim.finish() == 0
+    assert victim.exit() == 0
 
     owner.detach()
     del owner
@@ -390,7 +390,7 @@ def test_peer_truncates_a_foreign_segment(procs: ChildProcesses) -> None:
         assert victim.call("fill", "h", 1).r == 4 * PAGE
         reply = victim.call("detach", "h")
         assert reply.r is False and "truncated by another process" in reply.e[1]
-        assert victim.finish() == 0
+        assert victim.exit() == 0
     finally:
         segment.close()
         segment.unlink()
@@ -512,18 +512,18 @@ def test_a_pyside6_reader_dies_where_qsharedmem_survives(
         owner = pyside.QSharedMemory(key)
         assert owner.create(4 * PAGE), owner.errorString()
         memoryview(owner.data())[:] = b"\x01" * (4 * PAGE)
-        victim = start_agent(procs, impl)
+        victim = start_agent(procs, impl=impl)
         assert victim.call("key", "h", key.toString()).r is True
         assert victim.call("attach", "h").r is True
         fd = os.open(path, os.O_RDWR)
         os.ftruncate(fd, PAGE)
         os.close(fd)
-        victim.send("sum", "h")
+        victim.send_op("sum", "h")
         if impl == "pyside6":
             assert victim.child.wait() == -7  # killed by SIGBUS
         else:
             assert victim.result().r == PAGE  # every byte read; the lost ones as zeros
-            assert victim.finish() == 0
+            assert victim.exit() == 0
         owner.detach()
         del owner
         path.unlink()  # Qt leaks its POSIX segments

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import pytest
 import qsharedmem
-from reliability_support import wait_until_blocked
 from support.ipc import sysv_objects_for_file, sysv_remove
 from support.keys import KeyRegistry
-from support.processes import Child, child_env
+from support.processes import Child, child_env, wait_until_blocked
 
 HANG = 3.0  # seconds a peer may take before it counts as hanging
 PAGE = os.sysconf("SC_PAGE_SIZE")

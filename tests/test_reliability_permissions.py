@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import qsharedmem
-from reliability_support import new_key, start_agent
+from support.agent import start_agent
 from support.impls import load_impl
 from support.ipc import sysv_objects_for_file
-from support.keys import KeyRegistry
+from support.keys import KeyRegistry, new_key
 from support.processes import ChildProcesses
 
 S = qsharedmem.QSharedMemory

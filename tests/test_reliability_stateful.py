@@ -2,7 +2,7 @@
 semantics.
 
 Three handles in this process (``h0``..``h2``) and one in a child process (``c``, a
-``helpers/shm_agent.py``) run random sequences of ``setNativeKey``/``setKey``, ``create``,
+``helpers/agent.py``) run random sequences of ``setNativeKey``/``setKey``, ``create``,
 ``attach`` (ReadWrite or ReadOnly), ``detach``, ``lock``, ``unlock``, ``data()`` reads and
 writes, and SIGKILLs of the child, over three keys (a POSIX key, a System V key, a legacy key).
 A model of Qt's rules predicts every return value, the error code of every failure Qt defines,
@@ -35,7 +35,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from reliability_support import Agent, start_agent
+from support.agent import Agent, start_agent
 from support.keys import KeyRegistry
 from support.processes import ChildProcesses
 
