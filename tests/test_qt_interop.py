@@ -1,8 +1,8 @@
 """Interoperability with running Qt 6 applications, with PySide6 as the real peer (issue 3).
 
-One side of every scenario is a real PySide6-Essentials process (``tests/helpers/qt_peer.py``,
-driven line by line over its stdin/stdout), the other is qsharedmem — in this process, or in a
-child running the same helper with ``--impl qsharedmem`` when it has to be a process of its own
+One side of every scenario is a real PySide6-Essentials process (the test agent,
+``tests/helpers/agent.py --impl pyside6``), the other is qsharedmem — in this process, or in an
+agent with ``--impl qsharedmem`` when it has to be a process of its own
 (concurrent increments, SIGKILL). Key kinds, as a Qt application names a segment:
 
 * ``legacy`` — ``QSharedMemory("name")`` (System V on Linux, with its own ``qipc_systemsem_`` lock);
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import mmap
 import time
 from collections.abc import Iterator
@@ -48,12 +47,10 @@ from typing import Any
 import pytest
 import qsharedmem
 from qsharedmem import QNativeIpcKey, QSharedMemory
-from support import HELPERS_DIR
+from support.agent import Agent, Reply, start_agent
 from support.ipc import DEV_SHM, sysv_objects, sysv_remove
 from support.keys import KeyRegistry
-from support.processes import Child, ChildProcesses
-
-QT_PEER = HELPERS_DIR / "qt_peer.py"
+from support.processes import ChildProcesses
 
 POSIX, SYSV, SYSV_T = 0x100, 0x51, ord("T")
 KIND_TYPES = {"posix": POSIX, "systemv": SYSV, "systemv-T": SYSV_T}
@@ -151,66 +148,47 @@ def sysv_ctimes() -> dict[tuple[str, int], int]:
 # Peers
 
 
-class PeerChild(Child):
-    """A child whose silence can be observed: no stdout line within a given time."""
-
-    def silent_for(self, seconds: float) -> bool:
-        """True if no complete line arrives within ``seconds``.
-
-        An observation window, not a synchronisation: used to show that a peer blocked in
-        ``lock()`` stays blocked while the other side holds the lock (a lock that does not
-        exclude answers within milliseconds).
-        """
-        deadline = time.monotonic() + seconds
-        while b"\n" not in self._buffer and not self._eof:
-            if not self._fill(deadline):
-                return True
-        return False
-
-
 class Peer:
-    """A ``qt_peer.py`` child: ``call(command)`` sends one command and returns its reply."""
+    """An agent (``support.agent``) with one handle, ``shm``, made from a key spec: ``call("size")``
+    runs a named operation on it and returns its result."""
 
-    def __init__(self, child: PeerChild, impl: str) -> None:
-        self.child = child
+    def __init__(self, agent: Agent, impl: str, spec: str) -> None:
+        self.agent = agent
+        self.child = agent.child
         self.impl = impl
-        ready = child.wait_for_line(lambda line: line.startswith("READY"))
-        self.key_string = ready.partition(" ")[2]
+        self.ok("key", spec)
+        self.key_string = self.call("toString")
 
-    def send(self, command: str) -> None:
-        self.child.send(command + "\n")
+    def send(self, name: str, *args: Any) -> None:
+        self.agent.send_op(name, "shm", *args)
 
-    def reply(self) -> dict[str, Any]:
-        line = self.child.readline()
-        assert line is not None, f"{self.impl} peer exited; stderr:\n{self.child.stderr()}"
-        reply = json.loads(line)
-        assert "exception" not in reply, f"{self.impl} peer raised: {reply}"
-        return reply
+    def reply(self) -> Reply:
+        self.last = self.agent.result()
+        return self.last
 
-    def call(self, command: str) -> Any:
-        """The command's result (an error reply is returned, not raised: see ``error``)."""
-        self.send(command)
-        self.last = self.reply()
-        return self.last["result"]
+    def call(self, name: str, *args: Any) -> Any:
+        """The operation's result (an error reply is returned, not raised: see ``error``)."""
+        self.send(name, *args)
+        return self.reply().r
 
-    def ok(self, command: str) -> None:
-        """Run a command that must succeed."""
-        result = self.call(command)
-        assert result is True, f"{self.impl} peer: {command!r} -> {self.last}"
+    def ok(self, name: str, *args: Any) -> None:
+        """Run an operation that must succeed."""
+        result = self.call(name, *args)
+        assert result is True, f"{self.impl} peer: {name} {args} -> {self.last}"
 
-    def error(self) -> tuple[str, str]:
-        return self.last["error"], self.last["errorString"]
+    def error(self) -> tuple[str, ...]:
+        return tuple(self.last.e or ())
 
     def read(self, offset: int, count: int) -> bytes:
-        return bytes.fromhex(self.call(f"read {offset} {count}"))
+        return bytes.fromhex(self.call("read", offset, count))
 
     def write(self, offset: int, data: bytes) -> None:
-        self.ok(f"write {offset} {data.hex()}")
+        self.ok("write", offset, data.hex())
 
     def leave(self) -> int:
         """Destroy the handle (Qt's destructor: detach, clean up) and exit; the exit status."""
-        self.ok("destroy")
-        result = self.child.finish()
+        self.ok("drop")
+        result = self.agent.finish()
         return result.returncode
 
 
@@ -229,9 +207,7 @@ class Peers:
         return keying
 
     def start(self, spec: str, impl: str = "pyside6") -> Peer:
-        child = PeerChild(self.procs.python(QT_PEER, "--impl", impl, spec), env=None, cwd=None)
-        self.procs.children.append(child)  # killed and reaped by close()
-        return Peer(child, impl)
+        return Peer(start_agent(self.procs, impl=impl), impl, spec)  # killed by close()
 
     def remember_sysv(self, keying: Keying) -> None:
         """Record the IPC keys of the key files (call while they exist)."""
@@ -310,7 +286,7 @@ def make_pair(
     keying = peers.keying(kind, "seg")
     if creator == "qt":
         qt = peers.start(keying.spec())
-        qt.ok(f"create {size}")
+        qt.ok("create", size)
         qt.ok("lock")
         qt.write(0, PATTERN)
         qt.ok("unlock")
@@ -325,7 +301,7 @@ def make_pair(
         peers.remember_sysv(keying)
         key_string = shm.nativeIpcKey().toString() if passing == "toString" else None
         qt = peers.start(keying.spec(key_string))
-        qt.ok(f"attach {qt_mode}")
+        qt.ok("attach", qt_mode)
     return Pair(keying, qt, shm)
 
 
@@ -408,7 +384,7 @@ def test_concurrent_locked_increments_from_qt_and_qsharedmem_add_up(
 ) -> None:
     keying = peers.keying(kind, "counter")
     first = peers.start(keying.spec(), "pyside6" if creator == "qt" else "qsharedmem")
-    first.ok("create 64")
+    first.ok("create", 64)
     peers.remember_sysv(keying)
     # Two of each implementation; two attachers derive the key, two get the creator's toString().
     others = [
@@ -421,10 +397,10 @@ def test_concurrent_locked_increments_from_qt_and_qsharedmem_add_up(
     everyone = [first, *others]
     assert {p.impl for p in everyone} == {"pyside6", "qsharedmem"}
     for peer in everyone:  # all at once: each yields to the others between read and write
-        peer.send(f"incr 0 {INCREMENTS}")
+        peer.send("incr32", 0, INCREMENTS)
     for peer in everyone:
         reply = peer.reply()
-        assert reply["result"] is True, f"{peer.impl}: {reply}"
+        assert reply.r is True, f"{peer.impl}: {reply}"
     first.ok("lock")
     total = int.from_bytes(first.read(0, 4), "little")
     first.ok("unlock")
@@ -456,14 +432,14 @@ def test_qt_lock_waits_until_qsharedmem_unlocks(peers: Peers, kind: str, creator
     shm, qt = pair.shm, pair.qt
     marker = b"set just before unlock"
     assert shm.lock(timeout=30)
-    qt.send("announce locking lock")
-    qt.send(f"read 0 {len(marker)}")
-    assert qt.reply() == {"event": "locking"}
+    qt.send("lock")
+    qt.send("read", 0, len(marker))
+    qt.agent.wait_started("lock")
     assert qt.child.silent_for(0.3)  # Qt's lock() waits
     shm.data()[: len(marker)] = marker
     assert shm.unlock()
-    assert qt.reply()["result"] is True  # lock()
-    assert bytes.fromhex(qt.reply()["result"]) == marker  # read, under Qt's lock
+    assert qt.reply().r is True  # lock()
+    assert bytes.fromhex(qt.reply().r) == marker  # read, under Qt's lock
     # And while Qt holds it, we wait for Qt.
     assert not shm.lock(timeout=0.1)
     qt.ok("unlock")
@@ -551,7 +527,7 @@ def test_qt_leaked_posix_segment_is_attachable_and_never_unlinked_by_us(
 ) -> None:
     keying = peers.keying("posix", "leaked")
     qt = peers.start(keying.spec())
-    qt.ok(f"create {SIZE}")
+    qt.ok("create", SIZE)
     qt.write(0, PATTERN)
     qt.ok("detach")
     key_string = qt.key_string
@@ -584,7 +560,7 @@ def test_reattaching_to_a_leaked_qt_posix_segment_keeps_the_lock_shared_with_qt(
     """Regression: a second attach() used to unlink the Qt semaphore the handle had created."""
     keying = peers.keying("posix", "reattach")
     creator = peers.start(keying.spec())
-    creator.ok("create 64")
+    creator.ok("create", 64)
     assert creator.leave() == 0  # Qt's semaphore goes with its creator, the segment stays
     shm = keying.qsm()
     assert shm.attach()
@@ -593,14 +569,14 @@ def test_reattaching_to_a_leaked_qt_posix_segment_keeps_the_lock_shared_with_qt(
     qt = peers.start(keying.spec())
     qt.ok("attach")
     assert shm.lock(timeout=30)
-    qt.send("announce locking lock")
-    qt.send("read 0 1")
-    assert qt.reply() == {"event": "locking"}
+    qt.send("lock")
+    qt.send("read", 0, 1)
+    qt.agent.wait_started("lock")
     assert qt.child.silent_for(0.3)  # Qt's lock() waits for ours: one semaphore
     shm.data()[:1] = b"Q"
     assert shm.unlock()
-    assert qt.reply()["result"] is True
-    assert bytes.fromhex(qt.reply()["result"]) == b"Q"
+    assert qt.reply().r is True
+    assert bytes.fromhex(qt.reply().r) == b"Q"
     qt.ok("unlock")
 
 
@@ -692,12 +668,12 @@ def test_qt_killed_holding_a_posix_lock_keeps_it_and_lock_timeout_bounds_the_wai
 # 6. What a Qt user sees for segments that qsharedmem owns: Qt's own errors
 
 
-def qt_observe(peers: Peers, spec: str, *commands: str) -> list[Any]:
+def qt_observe(peers: Peers, spec: str, *commands: tuple[Any, ...]) -> list[Any]:
     """Run commands on a fresh Qt peer; each command's (result, error, errorString)."""
     peer = peers.start(spec)
     seen = []
     for command in commands:
-        result = peer.call(command)
+        result = peer.call(*command)
         seen.append((result, *peer.error()))
     assert peer.leave() == 0
     return seen
@@ -711,14 +687,14 @@ def test_qt_sees_its_own_errors_for_segments_qsharedmem_owns(peers: Peers, kind:
     # that can get the freed inode, hence the other segment's IPC key.
     theirs = peers.keying(kind, "theirs")
     owner = peers.start(theirs.spec())
-    owner.ok(f"create {SIZE}")
+    owner.ok("create", SIZE)
     peers.remember_sysv(theirs)
     ours = peers.keying(kind, "ours")
     shm = ours.qsm()
     assert shm.create(SIZE), shm.errorString()
     peers.remember_sysv(ours)
 
-    calls = (f"create {SIZE}", "attach ReadOnly", "detach")
+    calls = (("create", SIZE), ("attach", "ReadOnly"), ("detach",))
     expected = qt_observe(peers, theirs.spec(), *calls)
     assert expected[0][:2] == (False, "AlreadyExists")
     assert expected[1:] == [(True, "NoError", ""), (True, "NoError", "")]
@@ -734,6 +710,6 @@ def test_qt_sees_its_own_errors_for_segments_qsharedmem_owns(peers: Peers, kind:
     del shm
     gc.collect()
     never = peers.keying(kind, "never")
-    expected_missing = qt_observe(peers, never.spec(), "attach")
+    expected_missing = qt_observe(peers, never.spec(), ("attach",))
     assert expected_missing[0][:2] == (False, "NotFound")
-    assert qt_observe(peers, ours.spec(), "attach") == expected_missing
+    assert qt_observe(peers, ours.spec(), ("attach",)) == expected_missing

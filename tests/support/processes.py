@@ -133,6 +133,19 @@ class Child:
             ):
                 return line
 
+    def silent_for(self, seconds: float) -> bool:
+        """True if no complete line arrives within ``seconds``.
+
+        An observation window, not a synchronisation: used to show that a process blocked in
+        ``lock()`` stays blocked while another holds the lock (a lock that does not exclude
+        answers within milliseconds).
+        """
+        deadline = _monotonic() + seconds
+        while b"\n" not in self._buffer and not self._eof:
+            if not self._fill(deadline):
+                return True
+        return False
+
     # -- stdin
     def send(self, data: bytes | str) -> None:
         assert self.proc.stdin is not None
