@@ -1,7 +1,7 @@
 """End-to-end tests of the ``qsharedmem`` command line: ``ls``, ``info``, ``rm``, ``gc``, ``demo``.
 
 Segments are made by real processes — qsharedmem, PySide6 (Qt's QSharedMemory) and
-``multiprocessing.shared_memory`` children (``helpers/segment_holder.py``) — and the CLI runs as
+``multiprocessing.shared_memory`` children (agents, ``helpers/agent.py``) — and the CLI runs as
 its own process (``python -m qsharedmem``), exactly as a user runs it. Crashes are real SIGKILLs.
 
 The machine is shared: every command is scoped to the segments a test made (``--match`` with
@@ -23,13 +23,12 @@ import pytest
 import qsharedmem
 from qsharedmem import QNativeIpcKey, QSharedMemory, cli
 from qsharedmem import _qsharedmem as inspection
-from support import HELPERS_DIR
+from support.agent import Agent, start_agent
 from support.impls import POSIX_TYPE
 from support.ipc import DEV_SHM
 from support.keys import KeyRegistry
-from support.processes import Child, ChildProcesses, Result
+from support.processes import ChildProcesses, Result
 
-HOLDER = HELPERS_DIR / "segment_holder.py"
 SYSV_T = QNativeIpcKey.Type(ord("T"))
 
 
@@ -53,18 +52,38 @@ def ls_json(procs: ChildProcesses, *ids: str) -> dict[str, dict[str, Any]]:
     return {segment["id"]: segment for segment in json.loads(result.stdout)}
 
 
-def hold(procs: ChildProcesses, impl: str, action: str, key: str, size: int = 0) -> Child:
-    """A child holding a segment (see helpers/segment_holder.py); ``.name`` is its native key."""
-    child = procs.start(procs.python(HOLDER, impl, action, key, str(size)))
-    line = child.wait_for_line(lambda line: line.startswith(("READY", "FAILED")))
-    assert line.startswith("READY"), f"{line}\n{child.stderr()}"
-    child.name = line.split(maxsplit=2)[2]  # type: ignore[attr-defined]
-    return child
+def hold(procs: ChildProcesses, impl: str, action: str, key: str, size: int = 0) -> Agent:
+    """An agent holding a segment (handle ``h``): ``impl`` qsharedmem or pyside6 with a key spec
+    (``legacy:<key>`` or a ``toString()`` form), or multiprocessing with the segment name (``-``
+    for a generated one). ``.name`` is its native key."""
+    holder = start_agent(procs, impl="qsharedmem" if impl == "multiprocessing" else impl)
+    if impl == "multiprocessing":
+        size_or_none = size if action == "create" else None
+        name = holder.call("mp", "h", None if key == "-" else key, size_or_none)
+        holder.name = name.r  # type: ignore[attr-defined]
+        return holder
+    assert holder.call("key", "h", key).r is True
+    reply = holder.call(action, "h", *([size] if action == "create" else []))
+    assert reply.r is True, f"{action}: {reply.e}"
+    holder.name = holder.call("nativeKey", "h").r  # type: ignore[attr-defined]
+    return holder
 
 
-def command(child: Child, text: str, answer: str | None = None) -> str:
-    child.send(text + "\n")
-    return child.wait_for_line(answer)
+ANSWERS = {"lock": "LOCKED", "unlock": "UNLOCKED", "write": "WRITTEN", "detach": "DETACHED"}
+
+
+def command(holder: Agent, text: str, answer: str | None = None) -> str:
+    """``lock``, ``unlock``, ``detach``, ``write <text>`` (at offset 0): the holder's answer
+    (``LOCKED``, ... or ``FAILED``), which must be ``answer`` if given; ``read <n>``: the hex of
+    the first n bytes."""
+    name, _, argument = text.partition(" ")
+    if name == "read":
+        return holder.call("read", "h", 0, int(argument)).r
+    args = [0, argument.encode().hex()] if name == "write" else []
+    reply = holder.call(name, "h", *args)
+    said = ANSWERS[name] if reply.r is True else f"FAILED {name}: {reply.e}"
+    assert answer is None or said == answer, said
+    return said
 
 
 def id_of(key: Any) -> str:
