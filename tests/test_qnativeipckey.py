@@ -34,6 +34,7 @@ from PySide6.QtCore import QNativeIpcKey as QtKey
 from PySide6.QtCore import QSharedMemory as QtSharedMemory
 from qsharedmem import QNativeIpcKey
 from qsharedmem._enums import KeyType
+from support import DATA_DIR
 from support.processes import ChildProcesses, child_env
 
 Type = QNativeIpcKey.Type
@@ -195,31 +196,12 @@ def test_swap() -> None:
     assert key1.toString().endswith("?legacyKey=key3")
 
 
-TO_STRING_ROWS: list[tuple[str, str, str]] = [
-    ("empty", "", ""),
-    ("text", "foobar", "foobar"),
-    ("pathlike", "/sometext", "/sometext"),
-    ("objectlike", "Global\\sometext", "Global\\sometext"),
-    ("colon-slash", ":/", ":/"),
-    ("slash-colon", "/:", "/:"),
-    ("percent", "%", "%25"),
-    ("question-hash", "?#", "%3F%23"),
-    ("hash-question", "#?", "%23%3F"),
-    ("double-slash", "//", "/%2F"),
-    ("triple-slash", "///", "/%2F/"),
-    ("non-ascii", "\u00e9", "\u00e9"),
-    ("non-utf8", "\u00a0\u00ff", "\u00a0\u00ff"),
-    ("non-latin1", "\u0100.\u2000.\U00010000", "\u0100.\u2000.\U00010000"),
-]
+# The rows of tst_qnativeipckey and their extensions, shared with the Rust tests of src/key.rs.
+QT_KEYS: dict[str, Any] = json.loads((DATA_DIR / "qt_keys.json").read_text(encoding="utf-8"))
 
-PREFIXES: list[tuple[str, int]] = [
-    ("systemv", 0x51),
-    ("posix", 0x100),
-    ("windows", 0x101),
-    ("systemv-1", 1),
-    ("systemv-84", ord("T")),
-    ("systemv-255", 0xFF),
-]
+TO_STRING_ROWS: list[tuple[str, str, str]] = [tuple(row) for row in QT_KEYS["to_string"]]
+
+PREFIXES: list[tuple[str, int]] = [tuple(row) for row in QT_KEYS["prefixes"]]
 
 PREFIXED_ROWS = [
     pytest.param(prefix, type_value, native, encoded, id=f"{prefix}-{name}")
@@ -251,18 +233,7 @@ def test_from_string(prefix: str, type_value: int, native: str, encoded: str) ->
 
 
 FROM_STRING_EXTRA_ROWS: list[tuple[str, str, str, int]] = [
-    ("systemv-alias", "systemv-81:", "", 0x51),
-    ("systemv-zeropadded", "systemv-009:", "", 9),
-    ("percent-encoded", "posix:%2f%66o%6f", "/foo", 0x100),
-    ("percent-utf8", "posix:%C4%80.%E2%80%80.%F0%90%80%80", "\u0100.\u2000.\U00010000", 0x100),
-    ("with-fragment", "posix:/foo#bar", "/foo", 0x100),
-    ("with-fragmentquery", "posix:/foo#bar?baz", "/foo", 0x100),
-    ("stray-percent", "posix:/a%zzb", "/a%zzb", 0x100),
-    ("colon-in-path", "posix:a:b", "a:b", 0x100),
-    ("systemv-1", "systemv-1:x", "x", 1),
-    ("uppercase-scheme", "POSIX:/foo", "/foo", 0x100),
-    ("empty-authority", "posix:///foo", "/foo", 0x100),
-    ("empty-query", "posix:/foo?", "/foo", 0x100),
+    tuple(row) for row in QT_KEYS["from_string"]
 ]
 
 
@@ -281,32 +252,7 @@ def test_from_string_extra(text: str, native: str, type_value: int) -> None:
     assert state(key) == state(qt)
 
 
-INVALID_STRINGS: list[tuple[str, str]] = [
-    ("with-query", "posix:/foo?bar"),
-    ("with-queryfragment", "posix:/foo?bar#baz"),
-    ("positive-number", "81"),
-    ("negative-number", "-81"),
-    ("invalidprefix", "invalidprefix:"),
-    ("systemv-nodash", "systemv255"),
-    ("systemv-doubledash", "systemv--255:"),
-    ("systemv-plus", "systemv+255"),
-    ("systemv-hex", "systemv-0x01:"),
-    ("systemv-too-low", "systemv-0:"),
-    ("systemv-too-high", "systemv-256"),
-    ("systemv-overflow-15bit", "systemv-32769:"),
-    ("systemv-overflow-16bit", "systemv-65537:"),
-    ("systemv-overflow-31bit", "systemv-2147483649:"),
-    ("systemv-overflow-32bit", "systemv-4294967297:"),
-    ("host", "posix://host/foo"),
-    ("user", "posix://user@/foo"),
-    ("port", "posix://:80/foo"),
-    ("other-query-item", "posix:/foo?legacyKey=a&x=b"),
-    ("empty", ""),
-] + [
-    (f"{name}-{kind}", text)
-    for name in ("systemv", "posix", "windows", "systemv-1", "systemv-255")
-    for kind, text in (("nocolon", name), ("junk", f"{name}junk"), ("junk-colon", f"junk:{name}:"))
-]
+INVALID_STRINGS: list[tuple[str, str]] = [tuple(row) for row in QT_KEYS["from_string_invalid"]]
 
 
 @pytest.mark.parametrize("text", [pytest.param(text, id=name) for name, text in INVALID_STRINGS])
@@ -318,22 +264,7 @@ def test_from_string_invalid(text: str) -> None:
     assert not QtKey.fromString(text).isValid()
 
 
-LEGACY_ROWS: list[tuple[str, str]] = [
-    ("empty", ""),
-    ("text", "foobar"),
-    ("pathlike", "/sometext"),
-    ("objectlike", "Global\\sometext"),
-    ("colon-slash", ":/"),
-    ("slash-colon", "/:"),
-    ("percent", "%"),
-    ("question-hash", "?#"),
-    ("hash-question", "#?"),
-    ("double-slash", "//"),
-    ("triple-slash", "///"),
-    ("non-ascii", "\u00e9"),
-    ("non-utf8", "\u00a0\u00ff"),
-    ("non-latin1", ":\u0100.\u2000.\U00010000"),
-]
+LEGACY_ROWS: list[tuple[str, str]] = [tuple(row) for row in QT_KEYS["legacy_keys"]]
 
 # What QUrl prints for a query "legacyKey=<legacy>" set in DecodedMode, with RemoveScheme |
 # RemoveAuthority | DecodeReserved (the expectation tst_qnativeipckey::legacyKeys builds).
