@@ -29,7 +29,7 @@ from qsharedmem import SharedMemory
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 DEV_SHM = Path("/dev/shm")
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "multiprocessing.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "multiprocessing.md"
 TIMEOUT = 60.0  # hang guards only; nothing asserts a duration
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 import qsharedmem
+from support import ROOT
 from support.keys import KeyRegistry
 from support.processes import ChildProcesses
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "qt-compat.md"
+DOC = ROOT / "docs" / "qt-compat.md"
 EXAMPLE = re.compile(
     r"<!-- example: (?P<name>[\w-]+)/(?P<side>qt|python) -->\s*```python\n(?P<code>.*?)```",
     re.DOTALL,

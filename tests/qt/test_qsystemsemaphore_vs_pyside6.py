@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import TESTS_DIR, sem_probe
+from support import ROOT, sem_probe
 from support.impls import KEY_TYPES, POSIX_TYPE, WINDOWS_TYPE, Impl, load_impl, type_value
 from support.keys import NOBODY, PERMISSION_KEYS, KeyRegistry, permission_test_key
 from support.processes import ChildProcesses
@@ -737,7 +737,7 @@ def test_repr_and_enums(qsm: Impl) -> None:
 
 
 def test_docs_example_runs(make_key: KeyRegistry, procs: ChildProcesses) -> None:
-    doc = (TESTS_DIR.parent / "docs" / "qsystemsemaphore.md").read_text()
+    doc = (ROOT / "docs" / "qsystemsemaphore.md").read_text()
     (block,) = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
     code = block.replace('"jobs-ready"', repr(make_key("jobs")))
     assert code != block

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import qsharedmem
-
-ROOT = Path(__file__).resolve().parent.parent
+from support import ROOT
 
 
 def python_blocks(markdown: Path) -> list[str]:

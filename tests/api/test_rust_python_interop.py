@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from qsharedmem import QNativeIpcKey, QSharedMemory
+from support import ROOT
 from support.impls import KEY_TYPES
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "target" / "release" / "examples"
 BACKENDS = ["POSIX", "SystemV-Q"]
 
