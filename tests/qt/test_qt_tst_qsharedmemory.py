@@ -479,7 +479,7 @@ if impl == "pyside6":
     from PySide6.QtCore import QSharedMemory, QNativeIpcKey
 else:
     from qsharedmem import QSharedMemory, QNativeIpcKey
-from test_qt_tst_qsharedmemory import qt_remove as remove
+from qt.test_qt_tst_qsharedmemory import qt_remove as remove  # tests/ is on the path
 
 keyType = QNativeIpcKey.Type(type_value)
 E = QSharedMemory.SharedMemoryError
