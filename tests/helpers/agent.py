@@ -223,11 +223,6 @@ def op_attach(agent: Agent, h: str, mode: int | str | None = None) -> bool:
 
 
 @operation
-def op_detach(agent: Agent, h: str) -> bool:
-    return agent.handle(h).detach()
-
-
-@operation
 def op_lock(agent: Agent, h: str, timeout: float | None = None) -> bool:
     """``lock()``, or ``lock(timeout)`` (qsharedmem only: PySide6's lock() has no timeout)."""
     sm = agent.handle(h)
@@ -236,29 +231,17 @@ def op_lock(agent: Agent, h: str, timeout: float | None = None) -> bool:
     return sm.lock(timeout)
 
 
-@operation
-def op_unlock(agent: Agent, h: str) -> bool:
-    return agent.handle(h).unlock()
-
-
-@operation
-def op_died(agent: Agent, h: str) -> bool:
-    return agent.handle(h).lockOwnerDied()
-
-
-@operation
-def op_attached(agent: Agent, h: str) -> bool:
-    return agent.handle(h).isAttached()
-
-
-@operation
-def op_size(agent: Agent, h: str) -> int:
-    return agent.handle(h).size()
-
-
-@operation
-def op_nativeKey(agent: Agent, h: str) -> str:
-    return agent.handle(h).nativeKey()
+# The operations that are one call of a handle's method without arguments: name -> method.
+METHOD_OPERATIONS = {
+    "detach": "detach",
+    "unlock": "unlock",
+    "died": "lockOwnerDied",
+    "attached": "isAttached",
+    "size": "size",
+    "nativeKey": "nativeKey",
+}
+for _name, _method in METHOD_OPERATIONS.items():
+    OPERATIONS[_name] = lambda agent, h, method=_method: getattr(agent.handle(h), method)()
 
 
 @operation
