@@ -78,9 +78,17 @@ class Agent:
         # What each outstanding reply answers, oldest first: the start handshake, then commands.
         self._pending: collections.deque[str] = collections.deque(["start"])
         self._replies: collections.deque[dict[str, Any]] = collections.deque()
+        # Set when waiting for a reply was interrupted (a timeout): replies and commands can no
+        # longer be matched, so every later use fails at once instead of misreading a reply.
+        self._out_of_step: str | None = None
 
     # -- sending
+    def _check_in_step(self) -> None:
+        if self._out_of_step is not None:
+            pytest.fail(f"agent {self.pid} is out of step: {self._out_of_step}")
+
     def _send(self, message: dict[str, Any], kind: str) -> None:
+        self._check_in_step()
         self.child.send(json.dumps(message) + "\n")
         self._pending.append(kind)
 
@@ -114,10 +122,16 @@ class Agent:
     def result(self, timeout: float = DEFAULT_TIMEOUT) -> Any:
         """The reply of the oldest command in flight: the value of source, the :class:`Reply`
         of an operation; :class:`AgentError` if it raised."""
+        self._check_in_step()
         while True:
             assert self._pending, f"agent {self.pid}: no command in flight"
-            kind = self._pending.popleft()
-            reply = self._reply(timeout)
+            kind = self._pending[0]
+            try:
+                reply = self._reply(timeout)
+            except BaseException as exc:
+                self._out_of_step = f"no reply to its {kind} command: {type(exc).__name__}: {exc}"
+                raise
+            self._pending.popleft()
             if kind == "start":  # the agent's first line: its pid, after its imports
                 assert _literal(reply.get("value", "")) == self.pid, reply
                 continue

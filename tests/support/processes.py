@@ -104,7 +104,7 @@ class Child:
         deadline = _monotonic() + timeout
         while b"\n" not in self._buffer and not self._eof:
             if not self._fill(deadline):
-                pytest.fail(f"timeout waiting for a line from {self.describe()}")
+                pytest.fail(f"timeout waiting for a line from {self.describe()}: {self.state()}")
         if b"\n" not in self._buffer:
             if not self._buffer:
                 return None
@@ -197,6 +197,21 @@ class Child:
 
     def describe(self) -> str:
         return f"child {self.pid} {self.argv[1:]!r}"
+
+    def state(self) -> str:
+        """Where a silent child is: its command line (still the parent's if it hangs between
+        fork and exec), scheduler state and kernel wait channel of each thread."""
+        proc = Path(f"/proc/{self.pid}")
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            threads = [
+                f"{task.name}: {(task / 'stat').read_text().rpartition(')')[2].split()[0]} "
+                f"{(task / 'wchan').read_text() or '-'}"
+                for task in sorted((proc / "task").iterdir())
+            ]
+        except OSError as exc:
+            return f"gone ({exc})"
+        return f"cmdline {cmdline.strip()!r}, threads {threads}"
 
 
 def _monotonic() -> float:
