@@ -155,8 +155,8 @@ lint: $(EXT) $(TEST_STAMP) $(LINT_STAMP)  ## rustfmt, clippy, ruff, mypy --stric
 	cargo clippy --all-targets --features python --quiet -- -D warnings
 	$(VENV)/bin/ruff check $(PY_DIRS)
 	$(VENV)/bin/ruff format --check $(PY_DIRS)
-	$(PY) -m mypy --strict python/qsharedmem tests/typing_example.py
-	$(PY) -m mypy.stubtest qsharedmem._qsharedmem --allowlist tests/stubtest_allowlist.txt
+	$(PY) -m mypy --strict python/qsharedmem tests/typecheck/typing_example.py
+	$(PY) -m mypy.stubtest qsharedmem._qsharedmem --allowlist tests/typecheck/stubtest_allowlist.txt
 
 format: $(LINT_STAMP)  ## apply rustfmt and ruff format
 	cargo fmt

@@ -1,5 +1,5 @@
 //! The message layout the examples share with each other and with the Python side
-//! (tests/test_rust_python_interop.py), so that each can talk to the other:
+//! (tests/api/test_rust_python_interop.py), so that each can talk to the other:
 //!
 //! ```text
 //! offset 0   u64  counter   incremented under the lock by `counter`

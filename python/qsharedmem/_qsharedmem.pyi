@@ -1,8 +1,8 @@
 """Type stubs for the extension module ``qsharedmem._qsharedmem`` (src/python/).
 
 Kept exact by ``make lint``: ``mypy.stubtest`` compares them with the built module
-(tests/stubtest_allowlist.txt lists what stubtest cannot check, and why), and
-``mypy --strict tests/typing_example.py`` checks that they type a user's code as intended.
+(tests/typecheck/stubtest_allowlist.txt lists what stubtest cannot check, and why), and
+``mypy --strict tests/typecheck/typing_example.py`` checks that they type a user's code as intended.
 
 Enum arguments take the member or its integer value (a bool is a TypeError at runtime, and so
 is a member of another enum, as in PySide6). ``None`` for an optional argument means its Qt

@@ -514,7 +514,6 @@ mod tests {
     use std::collections::hash_map::DefaultHasher;
 
     const T84: KeyType = KeyType::from_raw(84);
-    const T1: KeyType = KeyType::from_raw(1);
     const T255: KeyType = KeyType::from_raw(0xff);
 
     fn hash_of(key: &NativeIpcKey) -> u64 {
@@ -661,36 +660,25 @@ mod tests {
         assert_eq!(legacy.legacy_key(), None);
     }
 
-    /// The tst_qnativeipckey::toString rows: (name, native key, encoded form).
-    const TO_STRING_ROWS: &[(&str, &str, &str)] = &[
-        ("empty", "", ""),
-        ("text", "foobar", "foobar"),
-        ("pathlike", "/sometext", "/sometext"),
-        ("objectlike", "Global\\sometext", "Global\\sometext"),
-        ("colon-slash", ":/", ":/"),
-        ("slash-colon", "/:", "/:"),
-        ("percent", "%", "%25"),
-        ("question-hash", "?#", "%3F%23"),
-        ("hash-question", "#?", "%23%3F"),
-        ("double-slash", "//", "/%2F"),
-        ("triple-slash", "///", "/%2F/"),
-        ("non-ascii", "\u{e9}", "\u{e9}"),
-        ("non-utf8", "\u{a0}\u{ff}", "\u{a0}\u{ff}"),
-        (
-            "non-latin1",
-            "\u{100}.\u{2000}.\u{10000}",
-            "\u{100}.\u{2000}.\u{10000}",
-        ),
-    ];
+    /// The rows shared with the Python tests (tests/data/qt_keys.json): `data::table(name)`.
+    mod data {
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/qt_keys.rs"
+        ));
+    }
 
-    const PREFIXES: &[(&str, KeyType)] = &[
-        ("systemv", KeyType::SYSTEM_V),
-        ("posix", KeyType::POSIX_REALTIME),
-        ("windows", KeyType::WINDOWS),
-        ("systemv-1", T1),
-        ("systemv-84", T84),
-        ("systemv-255", T255),
-    ];
+    fn raw_type(value: &data::Json) -> KeyType {
+        KeyType::from_raw(u16::try_from(value.int()).unwrap())
+    }
+
+    /// The prefixes of tst_qnativeipckey::toString: (prefix, key type).
+    fn prefixes() -> Vec<(String, KeyType)> {
+        let rows = data::table("prefixes");
+        rows.iter()
+            .map(|row| (row[0].str().to_owned(), raw_type(&row[1])))
+            .collect()
+    }
 
     // tst_qnativeipckey::toString
     #[test]
@@ -700,8 +688,9 @@ mod tests {
             NativeIpcKey::new("x", KeyType::from_raw(0x102)).to_qt_string(),
             ""
         );
-        for &(prefix, key_type) in PREFIXES {
-            for &(name, native, encoded) in TO_STRING_ROWS {
+        for (prefix, key_type) in prefixes() {
+            for row in data::table("to_string") {
+                let (name, native, encoded) = (row[0].str(), row[1].str(), row[2].str());
                 let key = NativeIpcKey::new(native, key_type);
                 assert_eq!(
                     key.to_qt_string(),
@@ -733,8 +722,9 @@ mod tests {
     // tst_qnativeipckey::fromString: every toString row, reversed
     #[test]
     fn from_string_rows() {
-        for &(prefix, key_type) in PREFIXES {
-            for &(name, native, encoded) in TO_STRING_ROWS {
+        for (prefix, key_type) in prefixes() {
+            for row in data::table("to_string") {
+                let (name, native, encoded) = (row[0].str(), row[1].str(), row[2].str());
                 let text = format!("{prefix}:{encoded}");
                 let key = NativeIpcKey::from_qt_string(&text);
                 assert_eq!(key, NativeIpcKey::new(native, key_type), "{prefix}-{name}");
@@ -745,82 +735,14 @@ mod tests {
 
     #[test]
     fn from_string_extra_rows() {
-        let valid_rows: &[(&str, &str, KeyType)] = &[
-            ("systemv-81:", "", KeyType::SYSTEM_V),
-            ("systemv-009:", "", KeyType::from_raw(9)),
-            ("posix:%2f%66o%6f", "/foo", KeyType::POSIX_REALTIME),
-            (
-                "posix:%C4%80.%E2%80%80.%F0%90%80%80",
-                "\u{100}.\u{2000}.\u{10000}",
-                KeyType::POSIX_REALTIME,
-            ),
-            ("posix:/foo#bar", "/foo", KeyType::POSIX_REALTIME),
-            ("posix:/foo#bar?baz", "/foo", KeyType::POSIX_REALTIME),
-            ("posix:/a%zzb", "/a%zzb", KeyType::POSIX_REALTIME),
-            ("posix:a:b", "a:b", KeyType::POSIX_REALTIME),
-            ("systemv-1:x", "x", T1),
-            ("POSIX:/foo", "/foo", KeyType::POSIX_REALTIME),
-            ("SystemV-0000000000000000000001:x", "x", T1),
-            ("posix:///foo", "/foo", KeyType::POSIX_REALTIME),
-            ("posix://@/foo", "/foo", KeyType::POSIX_REALTIME),
-            ("posix://:/foo", "/foo", KeyType::POSIX_REALTIME),
-            ("posix://@:/foo", "/foo", KeyType::POSIX_REALTIME),
-            ("posix://", "", KeyType::POSIX_REALTIME),
-            ("posix:////x", "//x", KeyType::POSIX_REALTIME),
-            ("posix:?", "", KeyType::POSIX_REALTIME),
-            ("windows:x", "x", KeyType::WINDOWS),
-        ];
-        for &(text, native, key_type) in valid_rows {
+        for row in data::table("from_string") {
+            let (text, native, key_type) = (row[1].str(), row[2].str(), raw_type(&row[3]));
             let key: NativeIpcKey = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(key, NativeIpcKey::new(native, key_type), "{text}");
         }
 
-        let mut invalid: Vec<String> = [
-            "posix:/foo?bar",
-            "posix:/foo?bar#baz",
-            "81",
-            "-81",
-            "invalidprefix:",
-            "systemv255",
-            "systemv--255:",
-            "systemv+255",
-            "systemv+255:",
-            "systemv-+5:",
-            "systemv-0x01:",
-            "systemv-0:",
-            "systemv-256",
-            "systemv-256:",
-            "systemv-32769:",
-            "systemv-65537:",
-            "systemv-2147483649:",
-            "systemv-4294967297:",
-            "posix://host/foo",
-            "posix://user@/foo",
-            "posix://:@/foo",
-            "posix://@@/foo",
-            "posix://:80/foo",
-            "posix://:0/foo",
-            "posix://%41/foo",
-            "posix:/a?&",
-            "posix:/a?=x",
-            "posix:/a?legacykey=x",
-            "posix:/a?legacyKey=x&other",
-            "posix:/a?%EF%BB%BFlegacyKey=b",
-            "posix?:/a",
-            "pos#ix:/a",
-            "/posix:x",
-            "",
-            ":",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        for name in ["systemv", "posix", "windows", "systemv-1", "systemv-255"] {
-            invalid.push(name.to_owned());
-            invalid.push(format!("{name}junk"));
-            invalid.push(format!("junk:{name}:"));
-        }
-        for text in &invalid {
+        for row in data::table("from_string_invalid") {
+            let text = row[1].str();
             assert!(text.parse::<NativeIpcKey>().is_err(), "{text:?} parsed");
             let key = NativeIpcKey::from_qt_string(text);
             assert!(!key.is_valid(), "{text:?}");
@@ -893,29 +815,12 @@ mod tests {
         assert_eq!(key.key_type(), KeyType::SYSTEM_V);
     }
 
-    /// The legacy strings of tst_qnativeipckey::legacyKeys.
-    const LEGACY_ROWS: &[&str] = &[
-        "",
-        "foobar",
-        "/sometext",
-        "Global\\sometext",
-        ":/",
-        "/:",
-        "%",
-        "?#",
-        "#?",
-        "//",
-        "///",
-        "\u{e9}",
-        "\u{a0}\u{ff}",
-        ":\u{100}.\u{2000}.\u{10000}",
-    ];
-
     // tst_qnativeipckey::legacyKeys
     #[test]
     fn legacy_keys() {
         for key_type in [KeyType::DEFAULT_FOR_OS, KeyType::legacy_default_for_os()] {
-            for &legacy in LEGACY_ROWS {
+            for row in data::table("legacy_keys") {
+                let legacy = row[1].str();
                 let key = legacy_tmp(legacy, IpcObject::SharedMemory, key_type);
                 assert_eq!(key.key_type(), key_type, "{legacy:?}");
                 let text = key.to_qt_string();

@@ -1,0 +1,58 @@
+"""The benchmark runner, once, in its quick mode: it must keep working (``make test`` runs this)
+and must leave nothing behind (the session's leak check watches the subprocess too).
+
+Benchmarks measure; tests do not: nothing here looks at a duration or a ratio's value.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from support import ROOT
+
+WORKLOADS = {"lock", "contention", "lifecycle", "data", "big", "scale"}
+
+
+@pytest.mark.timeout(900)
+def test_quick_run_writes_results_for_every_workload(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=880,
+    )
+    assert run.returncode == 0, run.stderr[-5000:]
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is True
+    assert set(results["workloads"]) == WORKLOADS
+    measured = {m["workload"].split("-")[0] for m in results["measurements"]}
+    assert measured == WORKLOADS
+    for measurement in results["measurements"]:
+        assert measurement["samples"], measurement
+        assert all(sample > 0 for sample in measurement["samples"]), measurement
+    # Every target found both of its rows (whether it is met is for the report to say).
+    assert results["targets"]
+    for target in results["targets"]:
+        assert target["ratio"] is not None, target
+    many = results["facts"]["segments in one process"]
+    assert all(report["created"] > 0 for report in many.values()), many
+
+    report = (tmp_path / "results.md").read_text()
+    for heading in (
+        "## Machine",
+        "## Targets",
+        "## 1. Uncontended lock()+unlock()",
+        "## 2. Contention between processes",
+        "## 3. attach/detach and create/detach",
+        "## 4. data()",
+        "## 5. A big segment",
+        "## 6. Scale",
+    ):
+        assert heading in report, heading
+    assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
