@@ -16,6 +16,8 @@ Each test fails on the code before the fix it checks:
 from __future__ import annotations
 
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -229,3 +231,47 @@ def test_a_full_inode_table_is_reported_as_such(tmp_path: Path):
     assert int(code) == int(S.SharedMemoryError.OutOfResources)
     assert "no inode left" in text, text
     assert "bytes free" not in text
+
+
+# --------------------------------------------------------------------------------------------
+# Kills while a named semaphore is being made (found by the churn test with kills)
+
+GLIBC_TEMPORARY = re.compile(r"sem\.[A-Za-z0-9]{6}")  # glibc's sem_open(O_CREAT) scratch name
+
+
+def glibc_temporaries() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if GLIBC_TEMPORARY.fullmatch(n)}
+
+
+def test_processes_killed_while_making_semaphores_leave_no_temporary_file(
+    procs: ChildProcesses, make_key: KeyRegistry
+):
+    """glibc makes a named semaphore as ``/dev/shm/sem.XXXXXX`` and then links it to its name; a
+    process killed in between left that file for ever. Every segment lock and QSystemSemaphore
+    of a POSIX key makes one. Here children loop making and removing one and are SIGKILLed at
+    random moments; no temporary file may remain."""
+    before = glibc_temporaries()
+    keys = []
+    for n in range(3):
+        key = qsharedmem.QSystemSemaphore.platformSafeKey(make_key(f"semkill{n}"))
+        make_key.record(key)
+        keys.append(key)
+    loop = (
+        "import sys, qsharedmem\n"
+        "key = qsharedmem.QNativeIpcKey.fromString(sys.argv[1])\n"
+        "S = qsharedmem.QSystemSemaphore\n"
+        "print('LOOPING', flush=True)\n"
+        "while True:\n"
+        "    sem = S(key, 1, S.AccessMode.Create)\n"
+        "    del sem\n"
+    )
+    rng = random.Random(19)
+    for round_ in range(60):
+        child = procs.start_python(loop, keys[round_ % len(keys)].toString())
+        child.wait_for_line("LOOPING")
+        time.sleep(rng.uniform(0.0, 0.02))
+        child.kill()
+    left = glibc_temporaries() - before
+    for name in left:  # do not leave them to the next test
+        os.unlink(f"/dev/shm/{name}")
+    assert left == set()
