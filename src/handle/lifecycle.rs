@@ -159,6 +159,32 @@ impl Handle {
 
     /// Qt's `initKey()`: sets up the lock semaphore for the current key, clearing the error on
     /// success. `creating` is Qt's semaphore mode (Create for create(), Open for attach()).
+    /// Forgets a kept POSIX semaphore whose name now refers to another file (or none), without
+    /// the creator's cleanup, which would unlink that other file.
+    fn drop_unnamed_semaphore(&self, state: &mut State) {
+        if let Some(Semaphore::Posix(sem)) = &state.semaphore {
+            if !sem.still_named() {
+                sem.disown();
+                drop(self.take_semaphore(state));
+            }
+        }
+    }
+
+    /// Opens Qt's semaphore of the key again (the kept one lost its name), for a handle that
+    /// is not attached and does not hold it; returns the new lock target.
+    pub(super) fn reopen_posix_semaphore(&self, state: &mut State) -> Result<Arc<Target>, Error> {
+        let name = posix_semaphore_name(&state.key);
+        let sem = PosixSemaphore::open_for_lock(&name).map_err(|e| Error::from_init_key(&e))?;
+        self.drop_unnamed_semaphore(state);
+        state.semaphore = Some(Semaphore::Posix(Arc::new(sem)));
+        state.semaphore_key = state.key.clone();
+        self.refresh_target(state);
+        state
+            .target
+            .clone()
+            .ok_or_else(|| Error::new(ErrorKind::LockError, "QSharedMemory::lock: unable to lock"))
+    }
+
     fn init_key(&self, state: &mut State, creating: bool) -> Result<Prepared, Error> {
         let Some(found) = state.key.key_type().backend() else {
             // Only a handle constructed with an unsupported key has one (setNativeKey refuses
@@ -235,9 +261,12 @@ impl Handle {
                     ));
                 }
                 let name = posix_semaphore_name(&state.key);
-                let reusable =
-                    matches!(&state.semaphore, Some(Semaphore::Posix(s)) if s.name() == name);
+                // A semaphore this handle holds stays, whatever happened to its name.
+                let holding = self.fast.held_by.load(Ordering::Acquire) != 0;
+                let reusable = matches!(&state.semaphore,
+                    Some(Semaphore::Posix(s)) if s.name() == name && (holding || s.still_named()));
                 if !reusable {
+                    self.drop_unnamed_semaphore(state);
                     let old = self.take_semaphore(state);
                     cleanup_semaphore(old);
                     match PosixSemaphore::open_for_lock(&name) {

@@ -271,7 +271,18 @@ impl Handle {
             {
                 return Err(self.record(&mut state, error));
             }
-            target
+            match &*target {
+                // Locked before create(), with Qt's semaphore alone: the one this handle kept
+                // may have been unlinked with the segment it last used (by its last detacher);
+                // lock the one that has the name, which every other process locks.
+                Target::Semaphore(sem) if !sem.still_named() => {
+                    match self.reopen_posix_semaphore(&mut state) {
+                        Ok(target) => target,
+                        Err(e) => return Err(self.record(&mut state, e)),
+                    }
+                }
+                _ => target,
+            }
         };
         let outcome = acquire(&target, Deadline::after(timeout), interrupt);
         self.finish_lock(&target, outcome)

@@ -31,6 +31,9 @@ pub(crate) struct PosixSemaphore {
     name: String,
     sem: NamedSemaphore,
     created: AtomicBool,
+    /// The file `sem.<name>` right after the open: the one we opened, unless another process
+    /// swapped it in that instant (then [`Self::still_named`] says no and it is opened again).
+    file: Option<posix::FileStat>,
 }
 
 impl PosixSemaphore {
@@ -107,10 +110,14 @@ impl PosixSemaphore {
             };
             match NamedSemaphore::open(name, how) {
                 Ok(sem) => {
+                    let file = posix::shm_file_name(name, true)
+                        .and_then(|file_name| posix::stat_name(&file_name))
+                        .ok();
                     return Ok(Self {
                         name: name.to_owned(),
                         sem,
                         created: AtomicBool::new(exclusive),
+                        file,
                     });
                 }
                 Err(Errno::EEXIST) if mode == SemMode::Create => {
@@ -142,6 +149,20 @@ impl PosixSemaphore {
     /// The open semaphore.
     pub(crate) fn semaphore(&self) -> &NamedSemaphore {
         &self.sem
+    }
+
+    /// Whether `sem.<name>` is still the file this semaphore was opened from. A last detacher
+    /// unlinks a segment's semaphore with the segment; a handle that kept the unlinked one
+    /// would lock a semaphore nobody else sees (and one a dead holder left at 0 for ever).
+    pub(crate) fn still_named(&self) -> bool {
+        let now = posix::shm_file_name(&self.name, true).and_then(|f| posix::stat_name(&f));
+        matches!((&self.file, now), (Some(then), Ok(now)) if then.same_file(&now))
+    }
+
+    /// Gives up the creator's duty to unlink the name: for a semaphore whose name is gone, the
+    /// name may be someone else's new semaphore by now.
+    pub(crate) fn disown(&self) {
+        self.created.store(false, Ordering::Relaxed);
     }
 
     /// The name passed to `sem_open`.

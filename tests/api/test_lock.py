@@ -529,3 +529,40 @@ def test_fork_while_another_thread_waits_in_lock(
     assert child.wait_for_line() == "parent 0"
     assert child.finish(TIMEOUT).returncode == 0
     assert not segment_exists(key)
+
+
+@pytest.mark.parametrize("lock_first", [False, True], ids=["create-then-lock", "lock-then-create"])
+def test_a_handle_that_outlives_its_segment_locks_the_new_one_after_a_dead_holder(
+    procs: Any, make_key: KeyRegistry, lock_first: bool
+) -> None:
+    """A POSIX segment's last detacher unlinks Qt's semaphore with it. A holder killed with the
+    lock left that semaphore at 0; the handle that detached last and creates the key again
+    must lock the semaphore that now has the name, not the unlinked one it kept (found by the
+    stateful test: lock(0) failed on a brand-new segment)."""
+    S = qsharedmem.QSharedMemory
+    key = S.platformSafeKey(make_key("outlived"))
+    shm = S(key)
+    assert shm.create(16), shm.errorString()
+    holder = start_agent(procs, key)
+    assert holder("shm = QSharedMemory(key); shm.attach(QSharedMemory.AccessMode.ReadOnly)")
+    assert holder("shm.lock(5)") is True
+    holder.kill()
+    assert shm.detach()
+    assert make_key.leftovers() == []  # the segment, its sidecar and the semaphore went
+    if lock_first:
+        assert shm.lock(timeout=0), shm.errorString()
+        assert shm.create(16), shm.errorString()
+    else:
+        assert shm.create(16), shm.errorString()
+        assert shm.lock(timeout=0), shm.errorString()
+    assert not shm.lockOwnerDied()  # a new segment: the old death is not its news
+    peer = S(key)
+    assert peer.attach(), peer.errorString()
+    assert not peer.lock(timeout=0)  # the lock is really held: the peer is shut out
+    assert shm.unlock()
+    assert peer.lock(timeout=0), peer.errorString()
+    assert peer.unlock()
+    assert peer.detach()
+    assert shm.detach()
+    del shm, peer
+    assert make_key.leftovers() == []
