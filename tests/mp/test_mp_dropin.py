@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 import qsharedmem
 from qsharedmem import SharedMemory, shared_memory
+from support import HELPERS_DIR
 
 START_METHODS = ["fork", "spawn", "forkserver"]
 DEV_SHM = Path("/dev/shm")
@@ -986,7 +987,7 @@ def test_module_constants_as_cpythons():
 # Done when: a program that uses all three names works after changing only its imports
 
 
-PROGRAM = Path(__file__).resolve().parent / "helpers" / "mp_dropin_program.py"
+PROGRAM = HELPERS_DIR / "mp_dropin_program.py"
 STDLIB_IMPORTS = {
     "from multiprocessing.managers import SharedMemoryManager": (
         "from qsharedmem.managers import SharedMemoryManager"
