@@ -44,7 +44,7 @@ def sysv_perms(kind: str, ident: int) -> tuple[int, int]:
 
 def sysv_ids(path: str, kind: str) -> list[int]:
     """The ids of the System V objects of ``kind`` whose ftok key is made from ``path``."""
-    from conftest import sysv_objects_for_file
+    from support.ipc import sysv_objects_for_file
 
     return [o.ident for o in sysv_objects_for_file(Path(path)) if o.kind == kind]
 
