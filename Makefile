@@ -121,8 +121,9 @@ wheel: $(DIST_STAMP)  ## build dist/: the manylinux_2_17 abi3 wheel and the sdis
 # semaphores, which the glibc 2.17 link takes from libpthread, against Qt itself). Left out:
 # logic that is the same code in any build (keys, Qt's autotests, errors, fault injection),
 # the benchmarks, and the tests that need the Rust examples or the source tree.
-WHEEL_TESTS := test_packaging.py test_docs.py test_cli.py test_demo.py test_python_api.py \
-               test_multiprocess.py test_mp_dropin.py test_lock.py test_qt_interop.py
+WHEEL_TESTS := project/test_packaging.py project/test_docs.py cli/test_cli.py cli/test_demo.py \
+               api/test_python_api.py api/test_multiprocess.py mp/test_mp_dropin.py \
+               api/test_lock.py qt/test_qt_interop.py
 test-wheel: wheel  ## install dist/'s wheel into a clean virtualenv and test it outside the tree
 	@tmp=$$(mktemp -d /tmp/qsharedmem-wheel-test.XXXXXX) && trap 'rm -rf "$$tmp"' EXIT \
 	    && printf '==> %s\n' "installing the wheel and the test dependencies into a clean $$tmp/venv" \
