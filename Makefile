@@ -32,7 +32,7 @@ export QT_QPA_PLATFORM := offscreen
 step = @printf '==> %s\n' "$(1)"
 
 .PHONY: help test test-rust test-python test-wheel demo develop wheel lint format bench \
-        bench-quick bench-instr clean
+        bench-quick bench-instr bench-notify clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -147,6 +147,9 @@ bench-quick: $(EXT) $(TEST_STAMP)  ## the benchmark runner in its quick mode (wh
 
 bench-instr: $(EXT) $(TEST_STAMP)  ## instructions per lock()+unlock() and data() under callgrind, vs the peers
 	$(PY) -m benchmarks.instructions
+
+bench-notify: $(EXT) $(TEST_STAMP)  ## notify-to-wake latency (parked, spinning) and idle CPU vs Event, pipe, posix_ipc
+	$(PY) -m benchmarks.notify_latency
 
 # stubtest compares the type stub with the built extension, hence $(EXT); mypy needs the test
 # dependencies (numpy's types, pytest's) as well as the group 'lint'.

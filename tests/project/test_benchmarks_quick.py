@@ -56,3 +56,33 @@ def test_quick_run_writes_results_for_every_workload(tmp_path: Path) -> None:
     ):
         assert heading in report, heading
     assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.timeout(300)
+def test_quick_notify_latency_run_measures_every_waker(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks.notify_latency", "--quick", "--output", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert run.returncode == 0, run.stderr[-5000:]
+    results = json.loads((tmp_path / "notify.json").read_text())
+    assert results["quick"] is True
+    wakers = results["results"]
+    assert set(wakers) == {
+        "qsharedmem wait_changed",
+        "qsharedmem event",
+        "multiprocessing.Event",
+        "pipe",
+        "posix_ipc.Semaphore",
+        "busy-wait",
+    }
+    for name, row in wakers.items():
+        modes = {"spinning"} if name == "busy-wait" else {"parked", "spinning"}
+        assert modes <= set(row), (name, row)
+        for mode in modes:
+            assert row[mode]["rounds"] > 0 and row[mode]["p50_us"] > 0, (name, row)
+        assert row["idle_cpu_percent"] >= 0, (name, row)
+    assert "| qsharedmem wait_changed |" in (tmp_path / "notify.md").read_text()
