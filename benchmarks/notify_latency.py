@@ -260,7 +260,14 @@ class BusyWait(Peer):
         _set_word(self.board, FLAG, _word(self.board, FLAG) + 1)
 
 
-PEERS: list[Callable[[str], Peer]] = [WaitChanged, SegmentEvent, MpEvent, Pipe, PosixSemaphore, BusyWait]
+PEERS: list[Callable[[str], Peer]] = [
+    WaitChanged,
+    SegmentEvent,
+    MpEvent,
+    Pipe,
+    PosixSemaphore,
+    BusyWait,
+]
 
 
 # --------------------------------------------------------------------------------------------
