@@ -52,7 +52,7 @@ import qsharedmem
 HERE = Path(__file__).resolve().parent
 
 # The shared words of the protocol (an anonymous shared mapping, inherited by the fork).
-T0, READY, FLAG = 0, 8, 16
+T0, READY = 0, 8
 PARK_DELAY = 0.001  # the notifier's pause before a parked round: the waiter is asleep by then
 SPIN_FOR = 5.0  # qsharedmem's spin in the spinning rounds: longer than any round
 IDLE_SECONDS = 3.0
@@ -91,7 +91,6 @@ class Peer:
 
     name = ""
     can_park = True
-    can_spin = True
 
     def prepare_child(self) -> None:
         """Runs in the waiter after the fork (attach by name, pin, ...)."""
@@ -243,21 +242,21 @@ class BusyWait(Peer):
     can_park = False
 
     def __init__(self, tag: str) -> None:
-        self.board: mmap.mmap | None = None  # the runner's board, set before the fork
+        self.word = mmap.mmap(-1, mmap.PAGESIZE)  # shared with the forked waiter
         self.seen = 0
 
     def arm(self) -> None:
-        assert self.board is not None
-        self.seen = _word(self.board, FLAG)
+        self.seen = _word(self.word, 0)
 
     def wait(self, spinning: bool) -> None:
-        assert self.board is not None
-        while _word(self.board, FLAG) == self.seen:
+        while _word(self.word, 0) == self.seen:
             pass
 
     def wake(self) -> None:
-        assert self.board is not None
-        _set_word(self.board, FLAG, _word(self.board, FLAG) + 1)
+        _set_word(self.word, 0, _word(self.word, 0) + 1)
+
+    def close(self) -> None:
+        self.word.close()
 
 
 PEERS: list[Callable[[str], Peer]] = [
@@ -359,10 +358,8 @@ def summary(latencies: list[int]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def made(factory: Callable[[str], Peer], board: mmap.mmap) -> Iterator[Peer]:
+def made(factory: Callable[[str], Peer]) -> Iterator[Peer]:
     peer = factory(uuid.uuid4().hex[:12])
-    if isinstance(peer, BusyWait):
-        peer.board = board
     try:
         yield peer
     finally:
@@ -374,12 +371,11 @@ def run(rounds: Rounds) -> dict[str, Any]:
     board = mmap.mmap(-1, mmap.PAGESIZE)
     results: dict[str, Any] = {}
     for factory in PEERS:
-        with made(factory, board) as peer:
+        with made(factory) as peer:
             row: dict[str, Any] = {}
             if peer.can_park:
                 row["parked"] = summary(measure(peer, board, rounds.parked, spinning=False))
-            if peer.can_spin:
-                row["spinning"] = summary(measure(peer, board, rounds.spinning, spinning=True))
+            row["spinning"] = summary(measure(peer, board, rounds.spinning, spinning=True))
             idle = idle_cpu(peer, board, rounds.idle)
             row["idle_cpu_percent"] = 100.0 * idle["cpu_seconds"] / max(idle["wall_seconds"], 1e-9)
             results[peer.name] = row

@@ -17,16 +17,21 @@ from support import ROOT
 WORKLOADS = {"lock", "contention", "lifecycle", "data", "big", "scale"}
 
 
-@pytest.mark.timeout(900)
-def test_quick_run_writes_results_for_every_workload(tmp_path: Path) -> None:
+def run_quick(module: str, output: Path, timeout: float) -> None:
+    """``python -m <module> --quick --output <output>``, which must succeed."""
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(tmp_path)],
+        [sys.executable, "-m", module, "--quick", "--output", str(output)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=880,
+        timeout=timeout,
     )
     assert run.returncode == 0, run.stderr[-5000:]
+
+
+@pytest.mark.timeout(900)
+def test_quick_run_writes_results_for_every_workload(tmp_path: Path) -> None:
+    run_quick("benchmarks", tmp_path, timeout=880)
 
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick"] is True
@@ -60,14 +65,7 @@ def test_quick_run_writes_results_for_every_workload(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(300)
 def test_quick_notify_latency_run_measures_every_waker(tmp_path: Path) -> None:
-    run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.notify_latency", "--quick", "--output", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
-    assert run.returncode == 0, run.stderr[-5000:]
+    run_quick("benchmarks.notify_latency", tmp_path, timeout=280)
     results = json.loads((tmp_path / "notify.json").read_text())
     assert results["quick"] is True
     wakers = results["results"]
