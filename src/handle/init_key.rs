@@ -30,6 +30,20 @@ pub(super) enum Prepared {
     },
 }
 
+/// What becomes of the POSIX semaphore a handle kept when `init_key` sets one up, decided with
+/// at most one look at its name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kept {
+    /// It is the key's semaphore, and has its name (or the handle holds it: then it stays,
+    /// whatever happened to its name).
+    Reuse,
+    /// Its name refers to another file now, or none: forgotten without the creator's cleanup,
+    /// which would unlink that other file.
+    NameLost,
+    /// Let go with the creator's cleanup (another key's, or no POSIX semaphore kept).
+    Replace,
+}
+
 /// Qt's semaphore name for a POSIX key: `/qipc_systemsem_…` for legacy keys, the segment's own
 /// name otherwise.
 fn posix_semaphore_name(key: &NativeIpcKey) -> String {
@@ -145,23 +159,13 @@ impl Handle {
         Some((semaphore, key))
     }
 
-    /// Forgets a kept POSIX semaphore whose name now refers to another file (or none), without
-    /// the creator's cleanup, which would unlink that other file.
-    fn drop_unnamed_semaphore(&self, state: &mut State) {
-        if let Some(Semaphore::Posix(sem)) = &state.semaphore {
-            if !sem.still_named() {
-                sem.disown();
-                drop(self.take_semaphore(state));
-            }
-        }
-    }
-
-    /// Opens Qt's semaphore of the key again (the kept one lost its name), for a handle that
-    /// is not attached and does not hold it; returns the new lock target.
+    /// Opens Qt's semaphore of the key again, for a handle that is not attached and does not
+    /// hold it, whose kept semaphore the caller found unnamed; returns the new lock target.
+    /// The kept one is forgotten without the creator's cleanup: its name refers to another
+    /// file now (or none), which that cleanup would unlink.
     pub(super) fn reopen_posix_semaphore(&self, state: &mut State) -> Result<Arc<Target>, Error> {
         let name = posix_semaphore_name(&state.key);
         let sem = PosixSemaphore::open_for_lock(&name).map_err(|e| Error::from_init_key(&e))?;
-        self.drop_unnamed_semaphore(state);
         state.semaphore = Some(Semaphore::Posix(Arc::new(sem)));
         state.semaphore_key = state.key.clone();
         self.refresh_target(state);
@@ -251,12 +255,17 @@ impl Handle {
                 let name = posix_semaphore_name(&state.key);
                 // A semaphore this handle holds stays, whatever happened to its name.
                 let holding = self.fast.held_by.load(Ordering::Acquire) != 0;
-                let reusable = matches!(&state.semaphore,
-                    Some(Semaphore::Posix(s)) if s.name() == name && (holding || s.still_named()));
-                if !reusable {
-                    self.drop_unnamed_semaphore(state);
+                let kept = match &state.semaphore {
+                    Some(Semaphore::Posix(s)) if s.name() == name && holding => Kept::Reuse,
+                    Some(Semaphore::Posix(s)) if !s.still_named() => Kept::NameLost,
+                    Some(Semaphore::Posix(s)) if s.name() == name => Kept::Reuse,
+                    _ => Kept::Replace,
+                };
+                if kept != Kept::Reuse {
                     let old = self.take_semaphore(state);
-                    cleanup_semaphore(old);
+                    if kept == Kept::Replace {
+                        cleanup_semaphore(old);
+                    }
                     match PosixSemaphore::open_for_lock(&name) {
                         Ok(sem) => {
                             state.semaphore = Some(Semaphore::Posix(Arc::new(sem)));
