@@ -135,6 +135,18 @@ impl Mapping {
     /// A private, writable, zero-filled anonymous mapping of `len` bytes: process-local memory
     /// with the same accessors as a shared mapping, for copies of shared data.
     pub fn anonymous(len: usize) -> SysResult<Self> {
+        Self::anonymous_with(len, libc::MAP_PRIVATE)
+    }
+
+    /// A shared, writable, zero-filled anonymous mapping of `len` bytes: a stand-in for a
+    /// segment in tests.
+    #[cfg(test)]
+    pub fn anonymous_shared(len: usize) -> SysResult<Self> {
+        Self::anonymous_with(len, libc::MAP_SHARED)
+    }
+
+    /// A writable, zero-filled anonymous mapping of `len` bytes, `MAP_PRIVATE` or `MAP_SHARED`.
+    fn anonymous_with(len: usize, sharing: libc::c_int) -> SysResult<Self> {
         if len == 0 {
             return Err(Errno::EINVAL);
         }
@@ -145,7 +157,7 @@ impl Mapping {
                 ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                sharing | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
@@ -155,39 +167,6 @@ impl Mapping {
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::ENOMEM)?;
         // Anonymous memory cannot shrink: no need to watch it.
-        Ok(Self {
-            ptr,
-            len,
-            writable: true,
-            origin: Origin::Mmap,
-            watch: None,
-            unmap_len: len,
-        })
-    }
-
-    /// A shared, writable, zero-filled anonymous mapping of `len` bytes: a stand-in for a
-    /// segment in tests.
-    #[cfg(test)]
-    pub fn anonymous_shared(len: usize) -> SysResult<Self> {
-        if len == 0 {
-            return Err(Errno::EINVAL);
-        }
-        // SAFETY: a fresh anonymous mapping chosen by the kernel (addr NULL, no MAP_FIXED)
-        // cannot alias any Rust object.
-        let ptr = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Errno::last());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::ENOMEM)?;
         Ok(Self {
             ptr,
             len,
