@@ -5,14 +5,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use super::reclaim::{is_old_layout, retire_open_if_data_gone};
-use super::{count_in, new_file, now_ms, sidecar_name, unlink_if_file, vote, EXCLUSIVE_WAIT};
+use super::EXCLUSIVE_WAIT;
+use super::{count_in, new_control_block, new_file, sidecar_name, unlink_if_file, vote};
 use super::{PosixAttachment, RefcountFd, SemaphoreFile, Sidecar};
-use crate::segment::control::{
-    ControlMap, ControlRecord, Describe, NotAControlBlock, CONTROL_SIZE,
-};
+use crate::segment::control::{ControlMap, ControlRecord, NotAControlBlock, CONTROL_SIZE};
 use crate::segment::{AccessMode, Attachment, Failure, FileId, Inner, Permissions, Step};
 use crate::sys::mapping::Mapping;
-use crate::sys::{posix, process, Errno};
+use crate::sys::{posix, Errno};
 use crate::testpoint;
 use crate::wait::{Deadline, Interrupt};
 
@@ -182,21 +181,14 @@ fn adopt(
     let side_fd = new_file(CONTROL_SIZE, Permissions::default(), CONTROL_SIZE as u64)?;
     // The data's permissions, so that everyone who may use it may lock it.
     let _ = posix::set_mode(side_fd.as_fd(), data_st.mode & 0o666);
-    let data_size = data_st.size;
-    let map = ControlMap::map(side_fd.as_fd()).map_err(|e| Failure::Os(Step::Control, e))?;
-    let describe = Describe {
+    let map = new_control_block(
+        side_fd.as_fd(),
         data,
-        data_size,
-        adopted: true,
-        native_key: spec.native_key,
-        legacy_key: spec.legacy_key,
-        creator_pid: process::pid(),
-        created_ms: now_ms(),
-    };
-    // The sidecar is unnamed: nobody else uses the block yet.
-    map.control()
-        .initialise(&describe)
-        .map_err(|e| Failure::Os(Step::MutexInit, e))?;
+        data_st.size,
+        true,
+        spec.native_key,
+        spec.legacy_key,
+    )?;
     let refcount = vote(side_fd.as_fd())?;
     match posix::publish(side_fd.as_fd(), side_name) {
         Ok(()) => {}

@@ -5,9 +5,9 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 
 use super::reclaim::{reclaim_old_layout_orphan, reclaim_sidecar, retire_if_data_gone, Reclaim};
-use super::{new_file, now_ms, sidecar_name, unlink_if_file, vote};
+use super::{new_control_block, new_file, sidecar_name, unlink_if_file, vote};
 use super::{PosixAttachment, RefcountFd, SemaphoreFile, Sidecar};
-use crate::segment::control::{ControlMap, Describe, CONTROL_SIZE};
+use crate::segment::control::{ControlMap, CONTROL_SIZE};
 use crate::segment::{
     pages_for, AccessMode, Attachment, Failure, FileId, Inner, Permissions, Step,
 };
@@ -48,20 +48,14 @@ pub(crate) fn create(file_name: &str, spec: &CreateSpec<'_>) -> Result<Attachmen
     let side_file = posix::fstat(side_fd.as_fd())
         .map(|st| FileId::of(&st))
         .map_err(|e| Failure::Os(Step::Stat, e))?;
-    let map = ControlMap::map(side_fd.as_fd()).map_err(|e| Failure::Os(Step::Control, e))?;
-    let describe = Describe {
-        data: data_file,
-        data_size: size as u64,
-        adopted: false,
-        native_key: spec.native_key,
-        legacy_key: spec.legacy_key,
-        creator_pid: process::pid(),
-        created_ms: now_ms(),
-    };
-    // The sidecar is unnamed: nobody else uses the block yet.
-    map.control()
-        .initialise(&describe)
-        .map_err(|e| Failure::Os(Step::MutexInit, e))?;
+    let map = new_control_block(
+        side_fd.as_fd(),
+        data_file,
+        size as u64,
+        false,
+        spec.native_key,
+        spec.legacy_key,
+    )?;
     if spec.lock_now {
         let lock = &map.control().lock;
         // Uncontended: nobody else knows the block. The holder already has Qt's semaphore.

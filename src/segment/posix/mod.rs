@@ -43,7 +43,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::control::ControlMap;
+use super::control::{ControlMap, Describe};
 use super::registry;
 use super::{Failure, FileId, Permissions, Step};
 use crate::sys::mapping::Mapping;
@@ -294,6 +294,33 @@ fn new_file(len: usize, permissions: Permissions, reserve_for: u64) -> Result<Ow
         posix::set_group(fd.as_fd(), group).map_err(|e| Failure::Os(Step::Permissions, e))?;
     }
     Ok(fd)
+}
+
+/// Maps the new sidecar `fd` and writes its control block, describing the data file `data`
+/// (`data_size` bytes, someone else's if `adopted`), with this process as its creator. The
+/// sidecar is unnamed: nobody else uses the block yet.
+fn new_control_block(
+    fd: BorrowedFd<'_>,
+    data: FileId,
+    data_size: u64,
+    adopted: bool,
+    native_key: &str,
+    legacy_key: Option<&str>,
+) -> Result<ControlMap, Failure> {
+    let map = ControlMap::map(fd).map_err(|e| Failure::Os(Step::Control, e))?;
+    let describe = Describe {
+        data,
+        data_size,
+        adopted,
+        native_key,
+        legacy_key,
+        creator_pid: process::pid(),
+        created_ms: now_ms(),
+    };
+    map.control()
+        .initialise(&describe)
+        .map_err(|e| Failure::Os(Step::MutexInit, e))?;
+    Ok(map)
 }
 
 /// A new open file description of the file `fd` is open on, holding a shared `flock`: the
