@@ -320,17 +320,8 @@ impl Mapping {
     /// # Panics
     /// If the range is not inside the mapping.
     pub fn copy_out(&self, offset: usize, dst: &mut [u8]) {
-        assert!(
-            offset
-                .checked_add(dst.len())
-                .is_some_and(|end| end <= self.len),
-            "read out of range"
-        );
-        for (i, byte) in dst.iter_mut().enumerate() {
-            // SAFETY: the byte is inside the live mapping (checked above); an `AtomicU8` may
-            // alias memory others write, and any bit pattern is a valid `u8`.
-            let cell =
-                unsafe { std::sync::atomic::AtomicU8::from_ptr(self.as_ptr().add(offset + i)) };
+        let cells = self.atomic_bytes(offset, dst.len(), "read");
+        for (byte, cell) in dst.iter_mut().zip(cells) {
             *byte = cell.load(std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -342,18 +333,36 @@ impl Mapping {
     #[cfg(test)]
     pub fn copy_in(&self, offset: usize, src: &[u8]) {
         assert!(self.writable, "write to a read-only mapping");
-        assert!(
-            offset
-                .checked_add(src.len())
-                .is_some_and(|end| end <= self.len),
-            "write out of range"
-        );
-        for (i, byte) in src.iter().enumerate() {
-            // SAFETY: the byte is inside the live, writable mapping (checked above).
-            let cell =
-                unsafe { std::sync::atomic::AtomicU8::from_ptr(self.as_ptr().add(offset + i)) };
+        for (byte, cell) in src
+            .iter()
+            .zip(self.atomic_bytes(offset, src.len(), "write"))
+        {
             cell.store(*byte, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// The bytes `offset..offset + len` of the mapping as atomics, for copies that other
+    /// processes may race with (the copy may then mix old and new bytes).
+    ///
+    /// # Panics
+    /// If the range is not inside the mapping (`what`: the access, for the message).
+    fn atomic_bytes(
+        &self,
+        offset: usize,
+        len: usize,
+        what: &str,
+    ) -> impl Iterator<Item = &std::sync::atomic::AtomicU8> + '_ {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "{what} out of range"
+        );
+        (offset..offset + len).map(move |at| {
+            // SAFETY: the byte is inside the live mapping (checked above), which the reference
+            // cannot outlive (it borrows `self`); an `AtomicU8` may alias memory others write,
+            // and any bit pattern is a valid `u8`. Stores go only to a writable mapping (the
+            // caller checks).
+            unsafe { std::sync::atomic::AtomicU8::from_ptr(self.as_ptr().add(at)) }
+        })
     }
 
     /// The bytes `offset..offset + len` as a shared slice.
