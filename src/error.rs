@@ -25,61 +25,79 @@ pub trait QtErrorKind: Copy + fmt::Debug + PartialEq + Eq + Send + Sync + 'stati
     fn from_errno(errno: Errno) -> (Self, String);
 }
 
-/// `QSharedMemory::SharedMemoryError`, without `NoError` (that is `Ok`).
-///
-/// The discriminants are Qt's values, see [`ErrorKind::qt_value`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// `QSharedMemory::PermissionDenied` (1).
-    PermissionDenied = 1,
-    /// `QSharedMemory::InvalidSize` (2).
-    InvalidSize = 2,
-    /// `QSharedMemory::KeyError` (3).
-    KeyError = 3,
-    /// `QSharedMemory::AlreadyExists` (4).
-    AlreadyExists = 4,
-    /// `QSharedMemory::NotFound` (5).
-    NotFound = 5,
-    /// `QSharedMemory::LockError` (6).
-    LockError = 6,
-    /// `QSharedMemory::OutOfResources` (7).
-    OutOfResources = 7,
-    /// `QSharedMemory::UnknownError` (8).
-    UnknownError = 8,
+/// Defines a class of Qt error codes: the enum, whose discriminants are Qt's values (each
+/// variant documented with its Qt name), `qt_value()` and `from_qt_value()`, and its
+/// [`QtErrorKind`] impl around Qt's `setUnixErrorString()` mapping for the class.
+macro_rules! qt_error_kind {
+    (
+        $(#[$meta:meta])*
+        pub enum $kind:ident in $class:ident::$qt_enum:ident {
+            $($variant:ident = $value:literal,)+
+        }
+        $(#[$from_meta:meta])*
+        fn from_errno($errno:ident) $from_errno:block
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum $kind {
+            $(
+                #[doc = concat!("`", stringify!($class), "::", stringify!($variant), "` (", $value, ").")]
+                $variant = $value,
+            )+
+        }
+
+        impl $kind {
+            #[doc = concat!(
+                "The numeric value of this kind in Qt's `",
+                stringify!($class), "::", stringify!($qt_enum), "`."
+            )]
+            #[must_use]
+            pub const fn qt_value(self) -> u8 {
+                self as u8
+            }
+
+            #[doc = concat!(
+                "The kind for a Qt `", stringify!($qt_enum),
+                "` value; `None` for `NoError` (0) and unknown values."
+            )]
+            #[must_use]
+            pub const fn from_qt_value(value: u8) -> Option<Self> {
+                match value {
+                    $($value => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl QtErrorKind for $kind {
+            fn qt_value(self) -> u8 {
+                self as u8
+            }
+
+            $(#[$from_meta])*
+            fn from_errno($errno: Errno) -> (Self, String) $from_errno
+        }
+    };
 }
 
-impl ErrorKind {
-    /// The numeric value of this kind in Qt's `QSharedMemory::SharedMemoryError`.
-    #[must_use]
-    pub const fn qt_value(self) -> u8 {
-        self as u8
-    }
-
-    /// The kind for a Qt `SharedMemoryError` value; `None` for `NoError` (0) and unknown values.
-    #[must_use]
-    pub const fn from_qt_value(value: u8) -> Option<Self> {
-        Some(match value {
-            1 => Self::PermissionDenied,
-            2 => Self::InvalidSize,
-            3 => Self::KeyError,
-            4 => Self::AlreadyExists,
-            5 => Self::NotFound,
-            6 => Self::LockError,
-            7 => Self::OutOfResources,
-            8 => Self::UnknownError,
-            _ => return None,
-        })
-    }
-}
-
-impl QtErrorKind for ErrorKind {
-    fn qt_value(self) -> u8 {
-        self as u8
+qt_error_kind! {
+    /// `QSharedMemory::SharedMemoryError`, without `NoError` (that is `Ok`).
+    ///
+    /// The discriminants are Qt's values, see [`ErrorKind::qt_value`].
+    pub enum ErrorKind in QSharedMemory::SharedMemoryError {
+        PermissionDenied = 1,
+        InvalidSize = 2,
+        KeyError = 3,
+        AlreadyExists = 4,
+        NotFound = 5,
+        LockError = 6,
+        OutOfResources = 7,
+        UnknownError = 8,
     }
 
     /// `QSharedMemoryPrivate::setUnixErrorString()`.
-    fn from_errno(errno: Errno) -> (Self, String) {
+    fn from_errno(errno) {
         match errno {
             Errno::EACCES => (Self::PermissionDenied, "permission denied".to_owned()),
             Errno::EEXIST => (Self::AlreadyExists, "already exists".to_owned()),
@@ -95,39 +113,19 @@ impl QtErrorKind for ErrorKind {
     }
 }
 
-/// `QSystemSemaphore::SystemSemaphoreError`, without `NoError`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum SemaphoreErrorKind {
-    /// `QSystemSemaphore::PermissionDenied` (1).
-    PermissionDenied = 1,
-    /// `QSystemSemaphore::KeyError` (2).
-    KeyError = 2,
-    /// `QSystemSemaphore::AlreadyExists` (3).
-    AlreadyExists = 3,
-    /// `QSystemSemaphore::NotFound` (4).
-    NotFound = 4,
-    /// `QSystemSemaphore::OutOfResources` (5).
-    OutOfResources = 5,
-    /// `QSystemSemaphore::UnknownError` (6).
-    UnknownError = 6,
-}
-
-impl SemaphoreErrorKind {
-    /// The numeric value of this kind in Qt's `QSystemSemaphore::SystemSemaphoreError`.
-    #[must_use]
-    pub const fn qt_value(self) -> u8 {
-        self as u8
-    }
-}
-
-impl QtErrorKind for SemaphoreErrorKind {
-    fn qt_value(self) -> u8 {
-        self as u8
+qt_error_kind! {
+    /// `QSystemSemaphore::SystemSemaphoreError`, without `NoError`.
+    pub enum SemaphoreErrorKind in QSystemSemaphore::SystemSemaphoreError {
+        PermissionDenied = 1,
+        KeyError = 2,
+        AlreadyExists = 3,
+        NotFound = 4,
+        OutOfResources = 5,
+        UnknownError = 6,
     }
 
     /// `QSystemSemaphorePrivate::setUnixErrorString()`.
-    fn from_errno(errno: Errno) -> (Self, String) {
+    fn from_errno(errno) {
         match errno {
             Errno::EPERM | Errno::EACCES => {
                 (Self::PermissionDenied, "permission denied".to_owned())

@@ -30,6 +30,30 @@ const TYPES: [KeyType; 3] = [
     KeyType::from_raw(b'T' as u16),
 ];
 
+/// A new segment of `size` bytes under a unique key of `key_type`, created read-write.
+fn create(tag: &str, key_type: KeyType, size: usize) -> (NativeIpcKey, SharedMemory) {
+    let key = unique_key(tag, key_type);
+    let mut creator = SharedMemory::with_key(key.clone());
+    creator
+        .create(size, AccessMode::ReadWrite)
+        .unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+    (key, creator)
+}
+
+/// [`create`], and a second handle attached to the segment read-write.
+fn create_and_attach(
+    tag: &str,
+    key_type: KeyType,
+    size: usize,
+) -> (NativeIpcKey, SharedMemory, SharedMemory) {
+    let (key, creator) = create(tag, key_type, size);
+    let mut other = SharedMemory::with_key(key.clone());
+    other
+        .attach(AccessMode::ReadWrite)
+        .unwrap_or_else(|e| panic!("{key_type:?}: {e}"));
+    (key, creator, other)
+}
+
 /// Whether the OS objects of `key` still exist.
 fn leftovers(key: &NativeIpcKey) -> bool {
     if key.key_type().is_posix() {
@@ -144,9 +168,7 @@ fn qt_error_texts_for_common_failures() {
 #[test]
 fn detach_while_locked_releases_and_views_outlive_detach() {
     for key_type in TYPES {
-        let key = unique_key("views", key_type);
-        let mut a = SharedMemory::with_key(key.clone());
-        a.create(64, AccessMode::ReadWrite).unwrap();
+        let (key, mut a) = create("views", key_type, 64);
         let keep = a.attachment().unwrap().clone();
         a.lock_with(None, &mut || false).unwrap();
         a.detach().unwrap();
@@ -182,11 +204,7 @@ fn unsafe_read(p: *mut u8) -> u8 {
 #[test]
 fn relock_through_second_handle_on_same_thread_fails_instead_of_hanging() {
     for key_type in TYPES {
-        let key = unique_key("relock", key_type);
-        let mut a = SharedMemory::with_key(key.clone());
-        a.create(16, AccessMode::ReadWrite).unwrap();
-        let mut b = SharedMemory::with_key(key.clone());
-        b.attach(AccessMode::ReadWrite).unwrap();
+        let (key, mut a, mut b) = create_and_attach("relock", key_type, 16);
         a.lock_with(None, &mut || false).unwrap();
         let e = b.lock_with(None, &mut || false).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::LockError, "{key_type:?}");
@@ -205,12 +223,8 @@ fn relock_through_second_handle_on_same_thread_fails_instead_of_hanging() {
 #[test]
 fn lock_timeout_on_a_held_lock() {
     for key_type in TYPES {
-        let key = unique_key("timeout", key_type);
-        let mut a = SharedMemory::with_key(key.clone());
-        a.create(16, AccessMode::ReadWrite).unwrap();
         // Attach first: like Qt's, a System V attach() takes the lock and would wait for it.
-        let mut b = SharedMemory::with_key(key.clone());
-        b.attach(AccessMode::ReadWrite).unwrap();
+        let (key, mut a, mut b) = create_and_attach("timeout", key_type, 16);
         a.lock_with(None, &mut || false).unwrap();
         let b = std::thread::spawn(move || {
             let e = b
@@ -251,9 +265,7 @@ fn get(shm: &mut SharedMemory, n: usize) -> Vec<u8> {
 #[test]
 fn remove_takes_the_name_now_and_attachments_keep_working() {
     for key_type in TYPES {
-        let key = unique_key("remove", key_type);
-        let mut creator = SharedMemory::with_key(key.clone());
-        creator.create(100, AccessMode::ReadWrite).unwrap();
+        let (key, mut creator) = create("remove", key_type, 100);
         put(&mut creator, b"abc");
         let mut reader = SharedMemory::with_key(key.clone());
         reader.attach(AccessMode::ReadOnly).unwrap();
@@ -309,11 +321,7 @@ fn remove_takes_the_name_now_and_attachments_keep_working() {
 #[test]
 fn a_removed_segment_is_cleaned_up_by_its_last_detach() {
     for key_type in TYPES {
-        let key = unique_key("remove-last", key_type);
-        let mut creator = SharedMemory::with_key(key.clone());
-        creator.create(100, AccessMode::ReadWrite).unwrap();
-        let mut other = SharedMemory::with_key(key.clone());
-        other.attach(AccessMode::ReadWrite).unwrap();
+        let (key, mut creator, mut other) = create_and_attach("remove-last", key_type, 100);
         other.remove().unwrap();
         creator.detach().unwrap();
         assert_eq!(get(&mut other, 1), [0]);
@@ -331,9 +339,7 @@ fn a_removed_segment_is_cleaned_up_by_its_last_detach() {
 #[test]
 fn remove_after_the_last_detach_has_nothing_left_to_do() {
     for key_type in TYPES {
-        let key = unique_key("close-unlink", key_type);
-        let mut shm = SharedMemory::with_key(key.clone());
-        shm.create(10, AccessMode::ReadWrite).unwrap();
+        let (key, mut shm) = create("close-unlink", key_type, 10);
         shm.detach().unwrap();
         assert!(!leftovers(&key));
         // multiprocessing's `close(); unlink()`: the close destroyed the segment already.
@@ -472,11 +478,7 @@ fn a_read_only_creator_is_counted_like_everyone_else() {
 #[test]
 fn a_second_remove_from_a_detached_handle_is_not_found() {
     for key_type in TYPES {
-        let key = unique_key("remove-twice", key_type);
-        let mut creator = SharedMemory::with_key(key.clone());
-        creator.create(10, AccessMode::ReadWrite).unwrap();
-        let mut other = SharedMemory::with_key(key.clone());
-        other.attach(AccessMode::ReadWrite).unwrap();
+        let (key, mut creator, mut other) = create_and_attach("remove-twice", key_type, 10);
         other.detach().unwrap(); // not the last: the creator is still attached
         creator
             .remove()
@@ -495,11 +497,7 @@ fn a_second_remove_from_a_detached_handle_is_not_found() {
 #[test]
 fn remove_after_the_segment_went_with_a_last_detach_succeeds_once() {
     for key_type in TYPES {
-        let key = unique_key("remove-after-last", key_type);
-        let mut first = SharedMemory::with_key(key.clone());
-        first.create(10, AccessMode::ReadWrite).unwrap();
-        let mut last = SharedMemory::with_key(key.clone());
-        last.attach(AccessMode::ReadWrite).unwrap();
+        let (key, mut first, mut last) = create_and_attach("remove-after-last", key_type, 10);
         first.detach().unwrap();
         last.detach().unwrap(); // destroys the segment and its name
         assert!(!leftovers(&key), "{key_type:?}");

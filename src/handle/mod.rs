@@ -17,7 +17,9 @@
 //!   believes it holds its parent's lock, and its attachments take counts of their own.
 
 mod attach_wait;
-mod lifecycle;
+mod create_attach;
+mod detach;
+mod init_key;
 mod locking;
 mod notify;
 pub(crate) mod qt_errors;

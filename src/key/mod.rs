@@ -835,30 +835,17 @@ mod tests {
             }
         }
         let tmp = |key: &str| legacy_tmp(key, IpcObject::SharedMemory, KeyType::SYSTEM_V);
-        assert_eq!(
-            tmp("?#").to_qt_string().split_once('?').unwrap().1,
-            "legacyKey=?%23"
-        );
-        assert_eq!(
-            tmp("#?").to_qt_string().split_once('?').unwrap().1,
-            "legacyKey=%23?"
-        );
-        assert_eq!(
-            tmp("%").to_qt_string().split_once('?').unwrap().1,
-            "legacyKey=%25"
-        );
-        assert_eq!(
-            tmp("a b").to_qt_string().split_once('?').unwrap().1,
-            "legacyKey=a b"
-        );
-        assert_eq!(
-            tmp("x+y").to_qt_string().split_once('?').unwrap().1,
-            "legacyKey=x+y"
-        );
-        assert_eq!(
-            tmp("\t\x7f").to_qt_string().split_once('?').unwrap().1,
-            "legacyKey=%09%7F"
-        );
+        for (legacy, query) in [
+            ("?#", "legacyKey=?%23"),
+            ("#?", "legacyKey=%23?"),
+            ("%", "legacyKey=%25"),
+            ("a b", "legacyKey=a b"),
+            ("x+y", "legacyKey=x+y"),
+            ("\t\x7f", "legacyKey=%09%7F"),
+        ] {
+            let text = tmp(legacy).to_qt_string();
+            assert_eq!(text.split_once('?').unwrap().1, query, "{legacy:?}");
+        }
     }
 
     #[test]

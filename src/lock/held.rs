@@ -173,14 +173,16 @@ pub(crate) fn release_for_ended(id: Identity<'_>, token: u64) -> bool {
 mod tests {
     use super::*;
 
+    /// Marks `id` held on a thread that then ends; returns that thread's token.
+    fn held_by_an_ended_thread(id: Identity<'_>) -> u64 {
+        std::thread::scope(|scope| scope.spawn(|| mark_held(id)).join().unwrap())
+    }
+
     #[test]
     fn a_lock_held_by_a_thread_that_ended_is_reported() {
         let name = format!("held-test-{}", std::process::id());
         let id = Identity::Posix(&name);
-        let name_for_thread = name.clone();
-        let token = std::thread::spawn(move || mark_held(Identity::Posix(&name_for_thread)))
-            .join()
-            .unwrap();
+        let token = held_by_an_ended_thread(id);
         assert!(thread_has_ended(token));
         assert!(!is_held(id), "held by another thread, not this one");
         mark_released(id);
@@ -191,10 +193,7 @@ mod tests {
     fn a_waiter_takes_over_the_lock_of_an_ended_thread_once() {
         let name = format!("held-takeover-{}", std::process::id());
         let id = Identity::SysV(&name);
-        let name_for_thread = name.clone();
-        let token = std::thread::spawn(move || mark_held(Identity::SysV(&name_for_thread)))
-            .join()
-            .unwrap();
+        let token = held_by_an_ended_thread(id);
         assert!(take_over_ended(id));
         assert!(is_held(id), "the waiter holds it now");
         assert!(!take_over_ended(id), "taken over once");

@@ -223,14 +223,7 @@ mod tests {
             page.shared::<RobustLock>(0).init().unwrap();
             let name = format!("/qsm-paired-test-{}-{tag}", std::process::id());
             let _ = namedsem::unlink(&name);
-            let sem = NamedSemaphore::open(
-                &name,
-                OpenMode::CreateNew {
-                    mode: 0o600,
-                    value: 1,
-                },
-            )
-            .unwrap();
+            let sem = NamedSemaphore::open(&name, OpenMode::NEW_LOCK).unwrap();
             Self { page, name, sem }
         }
 

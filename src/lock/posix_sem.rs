@@ -159,12 +159,6 @@ impl PosixSemaphore {
         matches!((&self.file, now), (Some(then), Ok(now)) if then.same_file(&now))
     }
 
-    /// Gives up the creator's duty to unlink the name: for a semaphore whose name is gone, the
-    /// name may be someone else's new semaphore by now.
-    pub(crate) fn disown(&self) {
-        self.created.store(false, Ordering::Relaxed);
-    }
-
     /// The name passed to `sem_open`.
     pub(crate) fn name(&self) -> &str {
         &self.name

@@ -52,32 +52,39 @@ pub trait Width:
     fn sleep_word(offset: usize, value: Self) -> (usize, u32);
 }
 
+/// A [`Width`]'s writing operations on its atomic type: the same for every width (only
+/// loading, which a read-only mapping must allow, and the word the kernel sleeps on differ).
+macro_rules! write_ops {
+    ($atomic:ty) => {
+        fn store(map: &Mapping, offset: usize, value: Self) {
+            map.shared::<$atomic>(offset).store(value, Ordering::SeqCst);
+        }
+        fn fetch_add(map: &Mapping, offset: usize, delta: Self) -> Self {
+            map.shared::<$atomic>(offset)
+                .fetch_add(delta, Ordering::SeqCst)
+        }
+        fn compare_exchange(
+            map: &Mapping,
+            offset: usize,
+            current: Self,
+            new: Self,
+        ) -> Result<Self, Self> {
+            map.shared::<$atomic>(offset).compare_exchange(
+                current,
+                new,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            )
+        }
+    };
+}
+
 impl Width for u32 {
     const BYTES: usize = 4;
     fn load(map: &Mapping, offset: usize) -> Self {
         map.futex_word(offset).load()
     }
-    fn store(map: &Mapping, offset: usize, value: Self) {
-        map.shared::<AtomicU32>(offset)
-            .store(value, Ordering::SeqCst);
-    }
-    fn fetch_add(map: &Mapping, offset: usize, delta: Self) -> Self {
-        map.shared::<AtomicU32>(offset)
-            .fetch_add(delta, Ordering::SeqCst)
-    }
-    fn compare_exchange(
-        map: &Mapping,
-        offset: usize,
-        current: Self,
-        new: Self,
-    ) -> Result<Self, Self> {
-        map.shared::<AtomicU32>(offset).compare_exchange(
-            current,
-            new,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        )
-    }
+    write_ops!(AtomicU32);
     fn sleep_word(offset: usize, value: Self) -> (usize, u32) {
         (offset, value)
     }
@@ -88,27 +95,7 @@ impl Width for u64 {
     fn load(map: &Mapping, offset: usize) -> Self {
         map.load_u64(offset)
     }
-    fn store(map: &Mapping, offset: usize, value: Self) {
-        map.shared::<AtomicU64>(offset)
-            .store(value, Ordering::SeqCst);
-    }
-    fn fetch_add(map: &Mapping, offset: usize, delta: Self) -> Self {
-        map.shared::<AtomicU64>(offset)
-            .fetch_add(delta, Ordering::SeqCst)
-    }
-    fn compare_exchange(
-        map: &Mapping,
-        offset: usize,
-        current: Self,
-        new: Self,
-    ) -> Result<Self, Self> {
-        map.shared::<AtomicU64>(offset).compare_exchange(
-            current,
-            new,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        )
-    }
+    write_ops!(AtomicU64);
     fn sleep_word(offset: usize, value: Self) -> (usize, u32) {
         // The low half: at the word's address on little-endian machines, after the high half
         // on big-endian ones. The truncation is the point.

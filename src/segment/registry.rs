@@ -225,3 +225,67 @@ pub(crate) fn release_all_at_exit() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::posix::{self as posix_segment, CreateSpec};
+    use crate::segment::{AccessMode, Permissions};
+
+    /// Removes a test segment's names however the test ends.
+    struct Names(String);
+
+    impl Drop for Names {
+        fn drop(&mut self) {
+            let _ = posix::unlink_name(&self.0);
+            let _ = posix::unlink_name(&posix_segment::sidecar_name(&self.0));
+        }
+    }
+
+    /// A child re-homing its inherited count waits for a detacher's `LOCK_EX` without holding
+    /// the refcount mutex: meanwhile the mutex is free for others (the exit cleanup, a second
+    /// re-homing), which would otherwise wait a second and then take it for a lost mutex.
+    #[test]
+    fn rehoming_waits_for_an_exclusive_holder_without_holding_the_refcount_mutex() {
+        let key = format!("/qsm-rs-registry-{}-rehome", std::process::id());
+        let file_name = posix_segment::file_name(&key).unwrap();
+        let _names = Names(file_name.clone());
+        let spec = CreateSpec {
+            size: 64,
+            mode: AccessMode::ReadWrite,
+            permissions: Permissions::default(),
+            native_key: &key,
+            legacy_key: None,
+            semaphore: None,
+            lock_now: false,
+            partner: None,
+        };
+        let att = posix_segment::create(&file_name, &spec).unwrap();
+        let posix = att.posix().unwrap();
+        // What a fork leaves: a count from another fork generation, on a description that a
+        // "parent" (this duplicate of it) holds exclusively, deciding whether it is the last.
+        let parent = {
+            let mut rc = posix.refcount().unwrap();
+            rc.generation = process::fork_generation().wrapping_add(1);
+            let shared = rc.fd.as_ref().unwrap().try_clone().unwrap();
+            assert_eq!(posix::try_lock_exclusive(shared.as_fd()), Ok(true));
+            shared
+        };
+        std::thread::scope(|scope| {
+            let rehoming = scope.spawn(|| att.rehome_after_fork());
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(!rehoming.is_finished(), "waits for the exclusive holder");
+            let started = Instant::now();
+            let free = posix.refcount().is_some();
+            assert!(
+                free && started.elapsed() < Duration::from_millis(500),
+                "the refcount mutex is free while re-homing waits"
+            );
+            drop(parent);
+            rehoming.join().unwrap();
+        });
+        let rc = posix.refcount().unwrap();
+        assert_eq!(rc.generation, process::fork_generation(), "counted anew");
+        assert!(rc.fd.is_some());
+    }
+}

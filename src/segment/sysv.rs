@@ -336,38 +336,52 @@ fn remove_key_file_and_lock(key_file: &CString, lock: &SysVSemaphore) {
     lock.remove();
 }
 
+type ReaperJob = (Arc<SysVSemaphore>, UnderLock);
+
+/// The reaper thread of this fork generation: where its jobs go.
+struct Reaper {
+    fork_generation: u64,
+    jobs: mpsc::Sender<ReaperJob>,
+}
+
+static REAPER: Mutex<Option<Reaper>> = Mutex::new(None);
+
+/// Starts the reaper thread running `body`. In tests it can be made to fail, as it does when
+/// the process may start no more threads.
+fn spawn_reaper(body: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    #[cfg(test)]
+    if tests::FAIL_NEXT_REAPER_SPAWN.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        return Err(std::io::Error::other("no thread may be started (test)"));
+    }
+    std::thread::Builder::new()
+        .name("qsharedmem-reaper".into())
+        .spawn(body)
+        .map(drop)
+}
+
 /// Hands work that needs a busy System V lock to a background thread, which waits for it.
 /// A forked child gets a thread of its own: the parent's does not exist there. If no thread
 /// can be started, the work waits here instead (once more, for [`CLEANUP_WAIT`]); an orphan it
 /// leaves is reclaimed by the next `create()` or by `qsharedmem gc`.
 fn reap_later(lock: Arc<SysVSemaphore>, action: UnderLock) {
-    type Job = (Arc<SysVSemaphore>, UnderLock);
-    struct Reaper {
-        fork_generation: u64,
-        jobs: mpsc::Sender<Job>,
-    }
-    static REAPER: Mutex<Option<Reaper>> = Mutex::new(None);
-
     fn start() -> Option<Reaper> {
-        let (jobs, rx) = mpsc::channel::<Job>();
-        std::thread::Builder::new()
-            .name("qsharedmem-reaper".into())
-            .spawn(move || {
-                for (lock, action) in rx {
-                    loop {
-                        match lock.lock_for_cleanup(Duration::from_secs(60)) {
-                            Ok(Some(recovered)) => {
-                                action(&lock, HolderDied(recovered));
-                                lock.unlock_after_cleanup(recovered);
-                                break;
-                            }
-                            Ok(None) => {}
-                            Err(_) => break,
+        let (jobs, rx) = mpsc::channel::<ReaperJob>();
+        spawn_reaper(move || {
+            for (lock, action) in rx {
+                loop {
+                    match lock.lock_for_cleanup(Duration::from_secs(60)) {
+                        Ok(Some(recovered)) => {
+                            action(&lock, HolderDied(recovered));
+                            lock.unlock_after_cleanup(recovered);
+                            break;
                         }
+                        Ok(None) => {}
+                        Err(_) => break,
                     }
                 }
-            })
-            .ok()?;
+            }
+        })
+        .ok()?;
         Some(Reaper {
             fork_generation: process::fork_generation(),
             jobs,
@@ -398,5 +412,62 @@ fn reap_later(lock: Arc<SysVSemaphore>, action: UnderLock) {
             action(&lock, HolderDied(recovered));
             lock.unlock_after_cleanup(recovered);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::lock::sysv_sem::LOCK_SET_SIZE;
+    use crate::lock::{Acquired, SemMode};
+
+    pub(super) static FAIL_NEXT_REAPER_SPAWN: AtomicBool = AtomicBool::new(false);
+
+    /// A cleanup job that reports on `ran` that it ran.
+    fn job(ran: &mpsc::Sender<&'static str>, name: &'static str) -> UnderLock {
+        let ran = ran.clone();
+        Box::new(move |_, _| {
+            let _ = ran.send(name);
+        })
+    }
+
+    /// Removes a test's lock set and key file however the test ends.
+    struct Removes(Arc<SysVSemaphore>);
+
+    impl Drop for Removes {
+        fn drop(&mut self) {
+            self.0.remove();
+        }
+    }
+
+    /// A reaper thread that cannot be started neither drops the job at hand (it runs in place,
+    /// as far as the lock lets it) nor the jobs after it (the next one starts a reaper).
+    #[test]
+    fn a_reaper_that_fails_to_start_drops_no_later_job() {
+        let key = std::env::temp_dir()
+            .join(format!("qsm-rs-sysv-{}-reaper", std::process::id()))
+            .to_string_lossy()
+            .into_owned();
+        let lock = SysVSemaphore::open(&key, 0x51, 1, LOCK_SET_SIZE, SemMode::Open, 0o600);
+        let lock = Arc::new(lock.unwrap());
+        let _removes = Removes(Arc::clone(&lock));
+        let (ran, done) = mpsc::channel();
+        *REAPER.lock().unwrap_or_else(PoisonError::into_inner) = None;
+
+        FAIL_NEXT_REAPER_SPAWN.store(true, Ordering::SeqCst);
+        reap_later(Arc::clone(&lock), job(&ran, "first"));
+        assert_eq!(done.try_recv(), Ok("first"), "run in place of the reaper");
+
+        assert_eq!(lock.lock_attempt(None), Ok(Some(Acquired::Locked)));
+        reap_later(Arc::clone(&lock), job(&ran, "second"));
+        assert!(done.try_recv().is_err(), "the reaper waits for the lock");
+        lock.unlock(false).unwrap();
+        assert_eq!(
+            done.recv_timeout(Duration::from_secs(10)),
+            Ok("second"),
+            "a reaper was started for the next job"
+        );
     }
 }

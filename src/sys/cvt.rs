@@ -121,6 +121,12 @@ pub(crate) fn cvt(ret: c_int) -> SysResult<c_int> {
     }
 }
 
+/// Turns the return value of a call that returns a count (`read`, `pwrite`, `syscall`), negative
+/// on error, into a `Result`.
+pub(crate) fn cvt_count<T: TryInto<usize>>(ret: T) -> SysResult<usize> {
+    ret.try_into().map_err(|_| Errno::last())
+}
+
 /// Runs `f` again for as long as it fails with `EINTR`.
 pub(crate) fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
     loop {

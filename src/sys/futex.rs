@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::time::Duration;
 
-use super::cvt::{Errno, SysResult};
+use super::cvt::{cvt_count, Errno, SysResult};
 
 /// The most words one [`wait_any`] can wait on (`FUTEX_WAITV_MAX`).
 pub const WAIT_ANY_MAX: usize = 128;
@@ -107,11 +107,7 @@ pub fn wait(word: FutexWord<'_>, expected: u32, timeout: Option<Duration>) -> Sy
             0u32,
         )
     };
-    if ret == -1 {
-        Err(Errno::last())
-    } else {
-        Ok(())
-    }
+    cvt_count(ret).map(drop)
 }
 
 /// `FUTEX_WAKE`: wakes up to `count` processes or threads sleeping on the word (any number
@@ -131,11 +127,7 @@ pub fn wake(word: FutexWord<'_>, count: u32) -> SysResult<u32> {
             0u32,
         )
     };
-    if ret < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(u32::try_from(ret).unwrap_or(0))
-    }
+    cvt_count(ret).map(|woken| u32::try_from(woken).unwrap_or(0))
 }
 
 /// One entry of `futex_waitv` (`struct futex_waitv`, linux/futex.h).
@@ -198,11 +190,7 @@ pub fn wait_any(words: &[(FutexWord<'_>, u32)], timeout: Option<Duration>) -> Sy
             libc::CLOCK_MONOTONIC,
         )
     };
-    if ret < 0 {
-        Err(Errno::last())
-    } else {
-        Ok(usize::try_from(ret).unwrap_or(0))
-    }
+    cvt_count(ret)
 }
 
 #[cfg(test)]

@@ -135,6 +135,18 @@ impl Mapping {
     /// A private, writable, zero-filled anonymous mapping of `len` bytes: process-local memory
     /// with the same accessors as a shared mapping, for copies of shared data.
     pub fn anonymous(len: usize) -> SysResult<Self> {
+        Self::anonymous_with(len, libc::MAP_PRIVATE)
+    }
+
+    /// A shared, writable, zero-filled anonymous mapping of `len` bytes: a stand-in for a
+    /// segment in tests.
+    #[cfg(test)]
+    pub fn anonymous_shared(len: usize) -> SysResult<Self> {
+        Self::anonymous_with(len, libc::MAP_SHARED)
+    }
+
+    /// A writable, zero-filled anonymous mapping of `len` bytes, `MAP_PRIVATE` or `MAP_SHARED`.
+    fn anonymous_with(len: usize, sharing: libc::c_int) -> SysResult<Self> {
         if len == 0 {
             return Err(Errno::EINVAL);
         }
@@ -145,7 +157,7 @@ impl Mapping {
                 ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                sharing | libc::MAP_ANONYMOUS,
                 -1,
                 0,
             )
@@ -155,39 +167,6 @@ impl Mapping {
         }
         let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::ENOMEM)?;
         // Anonymous memory cannot shrink: no need to watch it.
-        Ok(Self {
-            ptr,
-            len,
-            writable: true,
-            origin: Origin::Mmap,
-            watch: None,
-            unmap_len: len,
-        })
-    }
-
-    /// A shared, writable, zero-filled anonymous mapping of `len` bytes: a stand-in for a
-    /// segment in tests.
-    #[cfg(test)]
-    pub fn anonymous_shared(len: usize) -> SysResult<Self> {
-        if len == 0 {
-            return Err(Errno::EINVAL);
-        }
-        // SAFETY: a fresh anonymous mapping chosen by the kernel (addr NULL, no MAP_FIXED)
-        // cannot alias any Rust object.
-        let ptr = unsafe {
-            libc::mmap(
-                ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Errno::last());
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or(Errno::ENOMEM)?;
         Ok(Self {
             ptr,
             len,
@@ -341,17 +320,8 @@ impl Mapping {
     /// # Panics
     /// If the range is not inside the mapping.
     pub fn copy_out(&self, offset: usize, dst: &mut [u8]) {
-        assert!(
-            offset
-                .checked_add(dst.len())
-                .is_some_and(|end| end <= self.len),
-            "read out of range"
-        );
-        for (i, byte) in dst.iter_mut().enumerate() {
-            // SAFETY: the byte is inside the live mapping (checked above); an `AtomicU8` may
-            // alias memory others write, and any bit pattern is a valid `u8`.
-            let cell =
-                unsafe { std::sync::atomic::AtomicU8::from_ptr(self.as_ptr().add(offset + i)) };
+        let cells = self.atomic_bytes(offset, dst.len(), "read");
+        for (byte, cell) in dst.iter_mut().zip(cells) {
             *byte = cell.load(std::sync::atomic::Ordering::Relaxed);
         }
     }
@@ -363,18 +333,36 @@ impl Mapping {
     #[cfg(test)]
     pub fn copy_in(&self, offset: usize, src: &[u8]) {
         assert!(self.writable, "write to a read-only mapping");
-        assert!(
-            offset
-                .checked_add(src.len())
-                .is_some_and(|end| end <= self.len),
-            "write out of range"
-        );
-        for (i, byte) in src.iter().enumerate() {
-            // SAFETY: the byte is inside the live, writable mapping (checked above).
-            let cell =
-                unsafe { std::sync::atomic::AtomicU8::from_ptr(self.as_ptr().add(offset + i)) };
+        for (byte, cell) in src
+            .iter()
+            .zip(self.atomic_bytes(offset, src.len(), "write"))
+        {
             cell.store(*byte, std::sync::atomic::Ordering::Relaxed);
         }
+    }
+
+    /// The bytes `offset..offset + len` of the mapping as atomics, for copies that other
+    /// processes may race with (the copy may then mix old and new bytes).
+    ///
+    /// # Panics
+    /// If the range is not inside the mapping (`what`: the access, for the message).
+    fn atomic_bytes(
+        &self,
+        offset: usize,
+        len: usize,
+        what: &str,
+    ) -> impl Iterator<Item = &std::sync::atomic::AtomicU8> + '_ {
+        assert!(
+            offset.checked_add(len).is_some_and(|end| end <= self.len),
+            "{what} out of range"
+        );
+        (offset..offset + len).map(move |at| {
+            // SAFETY: the byte is inside the live mapping (checked above), which the reference
+            // cannot outlive (it borrows `self`); an `AtomicU8` may alias memory others write,
+            // and any bit pattern is a valid `u8`. Stores go only to a writable mapping (the
+            // caller checks).
+            unsafe { std::sync::atomic::AtomicU8::from_ptr(self.as_ptr().add(at)) }
+        })
     }
 
     /// The bytes `offset..offset + len` as a shared slice.

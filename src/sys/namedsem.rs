@@ -35,6 +35,15 @@ pub enum OpenMode {
     Existing,
 }
 
+#[cfg(test)]
+impl OpenMode {
+    /// A new semaphore of value 1 that only its user may open: a free lock, for tests.
+    pub(crate) const NEW_LOCK: Self = Self::CreateNew {
+        mode: 0o600,
+        value: 1,
+    };
+}
+
 fn name_c(name: &str) -> SysResult<CString> {
     c_string(name)
 }
@@ -204,23 +213,9 @@ mod tests {
     #[test]
     fn create_wait_post_unlink() {
         let name = format!("/qsm-namedsem-test-{}", std::process::id());
-        let sem = NamedSemaphore::open(
-            &name,
-            OpenMode::CreateNew {
-                mode: 0o600,
-                value: 1,
-            },
-        )
-        .unwrap();
+        let sem = NamedSemaphore::open(&name, OpenMode::NEW_LOCK).unwrap();
         assert_eq!(
-            NamedSemaphore::open(
-                &name,
-                OpenMode::CreateNew {
-                    mode: 0o600,
-                    value: 1
-                }
-            )
-            .unwrap_err(),
+            NamedSemaphore::open(&name, OpenMode::NEW_LOCK).unwrap_err(),
             Errno::EEXIST
         );
         let again = NamedSemaphore::open(&name, OpenMode::Existing).unwrap();

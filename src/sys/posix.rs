@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::cvt::{c_string, cvt, retry, Errno, SysResult};
+use super::cvt::{c_string, cvt, cvt_count, retry, Errno, SysResult};
 
 /// Where glibc keeps POSIX shared memory and named semaphores on Linux.
 pub const SHM_DIR: &str = "/dev/shm";
@@ -208,23 +208,23 @@ pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<FileStat> {
     Ok(FileStat::from_raw(unsafe { &st.assume_init() }))
 }
 
+/// The file offset `done` bytes past `offset`, as `pread`/`pwrite` take it.
+fn offset_past(offset: u64, done: usize) -> SysResult<libc::off_t> {
+    offset
+        .checked_add(done as u64)
+        .and_then(|at| libc::off_t::try_from(at).ok())
+        .ok_or(Errno::EOVERFLOW)
+}
+
 /// `pwrite` all of `buf` at `offset`.
 pub fn write_all_at(fd: BorrowedFd<'_>, offset: u64, buf: &[u8]) -> SysResult<()> {
     let mut done = 0;
     while done < buf.len() {
-        let at = offset
-            .checked_add(done as u64)
-            .and_then(|at| libc::off_t::try_from(at).ok())
-            .ok_or(Errno::EOVERFLOW)?;
+        let at = offset_past(offset, done)?;
         let rest = &buf[done..];
         let n = retry(|| {
             // SAFETY: `rest` is valid for reads of `rest.len()` bytes; `fd` is open.
-            let n = unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), at) };
-            if n < 0 {
-                Err(Errno::last())
-            } else {
-                Ok(n.unsigned_abs())
-            }
+            cvt_count(unsafe { libc::pwrite(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len(), at) })
         })?;
         if n == 0 {
             return Err(Errno::EIO);
@@ -239,20 +239,13 @@ pub fn write_all_at(fd: BorrowedFd<'_>, offset: u64, buf: &[u8]) -> SysResult<()
 pub fn read_at(fd: BorrowedFd<'_>, offset: u64, buf: &mut [u8]) -> SysResult<usize> {
     let mut done = 0;
     while done < buf.len() {
-        let at = offset
-            .checked_add(done as u64)
-            .and_then(|at| libc::off_t::try_from(at).ok())
-            .ok_or(Errno::EOVERFLOW)?;
+        let at = offset_past(offset, done)?;
         let rest = &mut buf[done..];
         let n = retry(|| {
             // SAFETY: `rest` is valid for writes of `rest.len()` bytes; `fd` is open.
-            let n =
-                unsafe { libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at) };
-            if n < 0 {
-                Err(Errno::last())
-            } else {
-                Ok(n.unsigned_abs())
-            }
+            cvt_count(unsafe {
+                libc::pread(fd.as_raw_fd(), rest.as_mut_ptr().cast(), rest.len(), at)
+            })
         })?;
         if n == 0 {
             break;
@@ -298,41 +291,39 @@ pub fn unlink_name(file_name: &str) -> SysResult<()> {
     cvt(unsafe { libc::unlink(path.as_ptr()) }).map(drop)
 }
 
-/// `flock(fd, LOCK_SH)`, waiting if someone holds `LOCK_EX` (only ever briefly: a detacher
-/// deciding whether it is the last one, or a creator checking for an orphan).
-pub fn lock_shared(fd: BorrowedFd<'_>) -> SysResult<()> {
+/// `flock(fd, operation)`, retried on `EINTR`.
+fn flock(fd: BorrowedFd<'_>, operation: libc::c_int) -> SysResult<()> {
     retry(|| {
         // SAFETY: valid descriptor, plain integer argument.
-        cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH) })
+        cvt(unsafe { libc::flock(fd.as_raw_fd(), operation) })
     })
     .map(drop)
 }
 
-/// `flock(fd, LOCK_SH|LOCK_NB)`: true if taken, false if someone holds `LOCK_EX`.
-pub fn try_lock_shared(fd: BorrowedFd<'_>) -> SysResult<bool> {
-    let result = retry(|| {
-        // SAFETY: valid descriptor, plain integer argument.
-        cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) })
-    });
-    match result {
-        Ok(_) => Ok(true),
+/// `flock(fd, operation|LOCK_NB)`: true if taken, false if another holder is in the way.
+fn try_flock(fd: BorrowedFd<'_>, operation: libc::c_int) -> SysResult<bool> {
+    match flock(fd, operation | libc::LOCK_NB) {
+        Ok(()) => Ok(true),
         Err(Errno::EWOULDBLOCK) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// `flock(fd, LOCK_SH)`, waiting if someone holds `LOCK_EX` (only ever briefly: a detacher
+/// deciding whether it is the last one, or a creator checking for an orphan).
+pub fn lock_shared(fd: BorrowedFd<'_>) -> SysResult<()> {
+    flock(fd, libc::LOCK_SH)
+}
+
+/// `flock(fd, LOCK_SH|LOCK_NB)`: true if taken, false if someone holds `LOCK_EX`.
+pub fn try_lock_shared(fd: BorrowedFd<'_>) -> SysResult<bool> {
+    try_flock(fd, libc::LOCK_SH)
 }
 
 /// `flock(fd, LOCK_EX|LOCK_NB)`: true if this open file description is now the only holder
 /// of any lock on the file, false if another holds a lock.
 pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> SysResult<bool> {
-    let result = retry(|| {
-        // SAFETY: valid descriptor, plain integer argument.
-        cvt(unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) })
-    });
-    match result {
-        Ok(_) => Ok(true),
-        Err(Errno::EWOULDBLOCK) => Ok(false),
-        Err(e) => Err(e),
-    }
+    try_flock(fd, libc::LOCK_EX)
 }
 
 /// `fchmod(fd, mode)`: exact permission bits (the umask applied when the file was made does not

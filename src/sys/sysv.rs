@@ -100,11 +100,7 @@ fn shm_get(key: IpcKey, size: usize, flags: i32) -> SysResult<i32> {
 /// `shmget(key, size, permissions|IPC_CREAT|IPC_EXCL)`: a new segment, `EEXIST` if the key has
 /// one.
 pub fn shm_create(key: IpcKey, size: usize, permissions: u32) -> SysResult<i32> {
-    shm_get(
-        key,
-        size,
-        mode_bits(permissions) | libc::IPC_CREAT | libc::IPC_EXCL,
-    )
+    shm_get(key, size, create_new(permissions))
 }
 
 /// `shmget(key, 0, permissions)`: the existing segment of `key` (`ENOENT` if none), checked
@@ -115,6 +111,11 @@ pub fn shm_open(key: IpcKey, permissions: u32) -> SysResult<i32> {
 
 fn mode_bits(permissions: u32) -> i32 {
     i32::try_from(permissions & 0o777).unwrap_or(0o600)
+}
+
+/// The `*get` flags that make a new object with `permissions`, or fail with `EEXIST`.
+fn create_new(permissions: u32) -> i32 {
+    mode_bits(permissions) | libc::IPC_CREAT | libc::IPC_EXCL
 }
 
 /// What `shmctl(IPC_STAT)` reports about a segment.
@@ -256,11 +257,7 @@ fn sem_get(key: IpcKey, nsems: i32, flags: i32) -> SysResult<i32> {
 /// `semget(key, count, permissions|IPC_CREAT|IPC_EXCL)`: a new set (every value 0), `EEXIST`
 /// if the key has one.
 pub fn sem_create(key: IpcKey, count: i32, permissions: u32) -> SysResult<i32> {
-    sem_get(
-        key,
-        count,
-        mode_bits(permissions) | libc::IPC_CREAT | libc::IPC_EXCL,
-    )
+    sem_get(key, count, create_new(permissions))
 }
 
 /// `semget(key, 0, permissions)`: the existing set of `key`, `ENOENT` if none.

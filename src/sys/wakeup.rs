@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
-use super::cvt::{c_string, cvt, retry, Errno, SysResult};
+use super::cvt::{c_string, cvt, cvt_count, retry, Errno, SysResult};
 
 /// A non-blocking `eventfd`: [`EventFd::signal`] makes it readable until [`EventFd::drain`].
 #[derive(Debug)]
@@ -117,12 +117,9 @@ impl DirectoryWatch {
         let mut buf = vec![0u8; 16 * 1024];
         let read = retry(|| {
             // SAFETY: reads at most `buf.len()` bytes into `buf`, which lives for the call.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 {
-                Err(Errno::last())
-            } else {
-                Ok(usize::try_from(n).unwrap_or(0))
-            }
+            cvt_count(unsafe {
+                libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+            })
         });
         let len = match read {
             Ok(len) => len,
