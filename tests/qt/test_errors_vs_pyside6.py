@@ -27,7 +27,13 @@ from typing import Any
 
 import pytest
 from support.impls import KEY_TYPES, POSIX_TYPE, WINDOWS_TYPE, Impl, load_impl, type_value
-from support.keys import NOBODY, PERMISSION_KEYS, KeyRegistry, permission_test_key
+from support.keys import (
+    NOBODY,
+    PERMISSION_KEYS,
+    KeyRegistry,
+    as_nobody_child,
+    permission_test_key,
+)
 from support.processes import ChildProcesses
 
 INIT = "QSharedMemoryPrivate::initKey: unable to set key on lock "
@@ -319,21 +325,14 @@ def _unlock_not_locked(typ: int) -> None:
 # permission errors: another uid attaches to / creates over a 0600 object made by root
 
 
-PERMISSION_CHILD = r"""
-import json, os, sys
-impl, op, key = sys.argv[1:4]
-if impl == "pyside6":
-    from PySide6.QtCore import QNativeIpcKey, QSharedMemory
-else:
-    from qsharedmem import QNativeIpcKey, QSharedMemory
-uid = int(sys.argv[4])
-os.setgroups([])
-os.setgid(uid)
-os.setuid(uid)
+PERMISSION_CHILD = (
+    as_nobody_child("QSharedMemory", "op")
+    + r"""
 sm = QSharedMemory(QNativeIpcKey.fromString(key))
 ok = sm.attach() if op == "attach" else sm.create(1024)
 print(json.dumps([os.geteuid(), ok, sm.error().name, sm.errorString(), sm.isAttached()]))
 """
+)
 
 
 def _permission(label: str, op: str) -> None:
