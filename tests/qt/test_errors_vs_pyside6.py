@@ -19,7 +19,6 @@ that uid 65534 can stat them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -35,21 +34,9 @@ from support.keys import (
     permission_test_key,
 )
 from support.processes import ChildProcesses
+from support.scenarios import Observation, Scenario, Scenarios
 
 INIT = "QSharedMemoryPrivate::initKey: unable to set key on lock "
-
-Observation = list[Any]
-Runner = Callable[[Impl, KeyRegistry, ChildProcesses], Observation]
-
-
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    id: str
-    run: Runner
-    expected: Observation  # sanity check of the PySide6 oracle (PySide6 6.12.0)
-
-    def __str__(self) -> str:
-        return self.id
 
 
 def observe(ok: Any, sm: Any) -> Observation:
@@ -67,15 +54,8 @@ def make_ipc_key(impl: Impl, keys: KeyRegistry, name: str, typ: int, legacy: boo
     return S.platformSafeKey(keys(name), impl.key_type(typ))
 
 
-SCENARIOS: list[Scenario] = []
-
-
-def scenario(id: str, expected: Observation) -> Callable[[Runner], Runner]:
-    def register(run: Runner) -> Runner:
-        SCENARIOS.append(Scenario(id, run, expected))
-        return run
-
-    return register
+SCENARIOS = Scenarios()
+scenario = SCENARIOS.register
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import os
@@ -39,11 +38,9 @@ from support.keys import (
     permission_test_key,
 )
 from support.processes import ChildProcesses
+from support.scenarios import Observation, Scenario, Scenarios
 
 HANG_GUARD = 60.0  # seconds; only against hangs, nothing asserts a duration
-
-Observation = list[Any]
-Runner = Callable[[Impl, KeyRegistry, ChildProcesses], Observation]
 
 
 def _row(typ: int) -> str:
@@ -126,25 +123,8 @@ def test_constructed_keys_match_pyside6(make_key: KeyRegistry, procs: ChildProce
 # failure paths
 
 
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    id: str
-    run: Runner
-    expected: Observation  # what PySide6-Essentials 6.12.0 observes
-
-    def __str__(self) -> str:
-        return self.id
-
-
-SCENARIOS: list[Scenario] = []
-
-
-def scenario(id: str, expected: Observation) -> Callable[[Runner], Runner]:
-    def register(run: Runner) -> Runner:
-        SCENARIOS.append(Scenario(id, run, expected))
-        return run
-
-    return register
+SCENARIOS = Scenarios()
+scenario = SCENARIOS.register
 
 
 def _empty_key(typ: int) -> None:
