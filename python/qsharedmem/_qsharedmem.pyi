@@ -454,9 +454,9 @@ class _EventDict(TypedDict):
     waiters: int
 
 class _SegmentDict(TypedDict):
-    """One segment (``None`` where unknown or not applicable); see src/python/inspect.rs."""
+    """One segment (``None`` where unknown or not applicable)."""
 
-    id: str
+    id: str  # a string find_segments() accepts and that names exactly this segment
     kind: Literal["qsharedmem", "posix", "systemv"]
     origin: Literal["qsharedmem", "qt", "multiprocessing", "unknown"]
     native_key: str
@@ -480,7 +480,7 @@ class _SegmentDict(TypedDict):
     lock: _LockDict
     creator_pid: int | None
     creator_alive: bool | None
-    created: float | None
+    created: float | None  # seconds since the epoch
     uid: int
     user: str | None
     mode: int
@@ -499,24 +499,34 @@ class _GcOutcome(TypedDict):
     errno: int | None
 
 def list_segments(all_users: bool = False) -> list[_SegmentDict]:
-    """Every shared memory segment of this user (of every user with ``all_users``)."""
+    """Every shared memory segment of this user (of every user with ``all_users``):
+    qsharedmem's, other POSIX segments in /dev/shm, System V segments. Looking never disturbs a
+    segment."""
 
 def find_segments(key: str, all_users: bool = False) -> list[_SegmentDict]:
-    """The segments ``key`` names: a Qt key, a native key, Qt's string form, a /dev/shm path,
-    a System V IPC key (``"0x5100c092"``) or segment id (``"shmid:123"``)."""
+    """The segments ``key`` names: a plain Qt key (``"demo"``), a native key (``"/demo"``,
+    ``"/tmp/qipc_sharedmemory_..."``), Qt's string form (``"posix:/demo"``),
+    ``"/dev/shm/<name>"``, a System V IPC key (``"0x5100c092"``) or segment id
+    (``"shmid:123"``)."""
 
 def read_segment(key: str, length: SupportsIndex = 256, all_users: bool = False) -> bytes:
-    """A copy of the first ``length`` bytes of the one segment ``key`` names."""
+    """A copy of the first ``length`` bytes of the one segment ``key`` names (System V: attached
+    under its lock for a moment). ``NotFoundError``, ``InvalidKeyError`` if ``key`` names several
+    segments, ``SharedMemoryError`` (errno ``EBUSY``) if a System V lock stays held."""
 
 def remove_segment(key: str, force: bool = False, all_users: bool = False) -> _RemoveResult:
-    """Removes the one segment ``key`` names (in use: refused, EBUSY, unless ``force``)."""
+    """Removes the one segment ``key`` names, with its key file and lock. Without ``force``, a
+    segment in use is refused with ``SharedMemoryError`` (errno ``EBUSY``); ``NotFoundError``,
+    ``InvalidKeyError`` (ambiguous key), ``PermissionDeniedError`` as they apply."""
 
 def collect_garbage(
     dry_run: bool = False,
     predicate: Callable[[_SegmentDict], object] | None = None,
     all_users: bool = False,
 ) -> list[_GcOutcome]:
-    """Removes the orphans ``predicate`` accepts (all without one); never a segment in use."""
+    """Removes every orphan (no live attachment, creator gone) that ``predicate(segment)``
+    accepts (all orphans without a predicate); never a segment in use. With ``dry_run``, removes
+    nothing. One outcome per orphan."""
 
 def shm_space() -> tuple[int, int]:
     """``(free, total)`` bytes of the file system behind /dev/shm."""

@@ -9,6 +9,7 @@ use pyo3::types::PyString;
 
 use super::enums;
 use super::key::extract_key;
+use crate::key::KeyType;
 use crate::segment::{AccessMode, Permissions};
 use crate::NativeIpcKey;
 
@@ -106,6 +107,28 @@ pub(crate) fn key_arg(obj: &Bound<'_, PyAny>) -> PyResult<KeyArg> {
         "key must be a QNativeIpcKey or a str, not {}",
         obj.get_type().name()?
     )))
+}
+
+/// A key type argument (a `QNativeIpcKey.Type` member or an int); `None` gives `default`.
+pub(crate) fn key_type_or(obj: Option<&Bound<'_, PyAny>>, default: KeyType) -> PyResult<KeyType> {
+    obj.filter(|t| !t.is_none())
+        .map_or(Ok(default), enums::key_type_from_py)
+}
+
+/// The key of `setNativeKey(key, type=None)`: a `QNativeIpcKey` (no type allowed), or a native
+/// key string of `type` (`legacyDefaultTypeForOs()` if not given).
+pub(crate) fn native_key(key: KeyArg, r#type: Option<&Bound<'_, PyAny>>) -> PyResult<NativeIpcKey> {
+    let r#type = r#type.filter(|t| !t.is_none());
+    match key {
+        KeyArg::Native(_) if r#type.is_some() => Err(PyTypeError::new_err(
+            "setNativeKey(QNativeIpcKey) takes no type argument",
+        )),
+        KeyArg::Native(native) => Ok(native),
+        KeyArg::Text(text) => Ok(NativeIpcKey::new(
+            text,
+            key_type_or(r#type, KeyType::legacy_default_for_os())?,
+        )),
+    }
 }
 
 /// The permission bits and group of `create(..., permissions=, group=)`.

@@ -48,13 +48,15 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
 
 static ENUM: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
-/// Makes every member of `enum_classes` an attribute of `class` as well (`QSharedMemory.ReadOnly`
-/// next to `QSharedMemory.AccessMode.ReadOnly`), as in PySide6.
-pub(crate) fn expose_members<'py>(
+/// Makes each enum class an attribute of `class` under its name (`QSharedMemory.AccessMode`), and
+/// each of its members as well (`QSharedMemory.ReadOnly` next to
+/// `QSharedMemory.AccessMode.ReadOnly`), as in PySide6.
+pub(crate) fn expose<'py>(
     class: &Bound<'py, PyType>,
-    enum_classes: impl IntoIterator<Item = Bound<'py, PyType>>,
+    enum_classes: impl IntoIterator<Item = (&'static str, Bound<'py, PyType>)>,
 ) -> PyResult<()> {
-    for enum_class in enum_classes {
+    for (name, enum_class) in enum_classes {
+        class.setattr(name, &enum_class)?;
         for member in enum_class.try_iter()? {
             let member = member?;
             class.setattr(member.getattr("name")?.cast::<PyString>()?, member)?;

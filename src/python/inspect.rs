@@ -1,17 +1,7 @@
 //! The inspection functions behind `qsharedmem ls / info / rm / gc`, for Python: segments become
-//! plain dicts (JSON-ready), failures become qsharedmem's exceptions. All logic is in
+//! plain, JSON-ready dicts (their keys and values are typed as `_SegmentDict` in
+//! `_qsharedmem.pyi`), failures become qsharedmem's exceptions. All logic is in
 //! [`crate::inspect`]; the work runs detached from the interpreter.
-//!
-//! A segment dict has these keys (`None` where unknown or not applicable):
-//! `id` (a string `find_segments` accepts and that names exactly this segment), `kind`
-//! (`"qsharedmem"`, `"posix"`, `"systemv"`), `origin` (`"qsharedmem"`, `"qt"`,
-//! `"multiprocessing"`, `"unknown"`), `native_key`, `key_type` (Qt's raw value), `key` (Qt's
-//! string form, with `?legacyKey=` when known), `legacy_key`, `qt_key`, `file`, `key_file`,
-//! `shmid`, `ipc_key`, `size`, `file_size`, `attachments`, `pids`, `last_pid`, `lock` (a dict:
-//! `state` = `"free"`/`"held"`/`"owner-died"`/`"none"`/`"unknown"`, `holder`, `primitive`,
-//! `value`, `waiters`, `owner_deaths`), `creator_pid`, `creator_alive`, `created` (seconds since
-//! the epoch), `uid`, `user`, `mode`, `usage` (`"in-use"`, `"unused"`, `"orphan"`), `orphan`,
-//! `note`.
 
 use std::time::UNIX_EPOCH;
 
@@ -125,24 +115,22 @@ fn segments_to_list<'py>(
     segments.iter().map(|s| segment_to_dict(py, s)).collect()
 }
 
-/// list_segments(all_users=False) -> list[dict]
-///
-/// Every shared memory segment of this user (of every user with all_users=True): qsharedmem's,
-/// other POSIX segments in /dev/shm, System V segments. Looking never disturbs a segment.
+/// Runs an inspection detached from the interpreter; its error as qsharedmem's exception.
+fn detached<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<T, InspectError> + Send,
+) -> PyResult<T> {
+    py.detach(f).map_err(|e| to_exception(py, &e))
+}
+
+/// Every shared memory segment of this user (of every user with `all_users`).
 #[pyfunction]
 #[pyo3(signature = (all_users = false))]
 fn list_segments(py: Python<'_>, all_users: bool) -> PyResult<Vec<Bound<'_, PyDict>>> {
-    let found = py
-        .detach(|| inspect::list(scope(all_users)))
-        .map_err(|e| to_exception(py, &e))?;
-    segments_to_list(py, &found)
+    segments_to_list(py, &detached(py, || inspect::list(scope(all_users)))?)
 }
 
-/// find_segments(key, all_users=False) -> list[dict]
-///
-/// The segments `key` names: a plain Qt key ("demo"), a native key ("/demo",
-/// "/tmp/qipc_sharedmemory_..."), Qt's string form ("posix:/demo"), "/dev/shm/<name>", a System
-/// V IPC key ("0x5100c092") or segment id ("shmid:123").
+/// The segments `key` names (a Qt key, a native key, Qt's string form, a System V id...).
 #[pyfunction]
 #[pyo3(signature = (key, all_users = false))]
 fn find_segments<'py>(
@@ -150,17 +138,10 @@ fn find_segments<'py>(
     key: &str,
     all_users: bool,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    let found = py
-        .detach(|| inspect::find(key, scope(all_users)))
-        .map_err(|e| to_exception(py, &e))?;
-    segments_to_list(py, &found)
+    segments_to_list(py, &detached(py, || inspect::find(key, scope(all_users)))?)
 }
 
-/// read_segment(key, length=256, all_users=False) -> bytes
-///
-/// A copy of the first `length` bytes of the one segment `key` names (System V: attached under
-/// its lock for a moment). NotFoundError, InvalidKeyError if `key` names several segments,
-/// SharedMemoryError (errno EBUSY) if a System V lock stays held.
+/// A copy of the first `length` bytes of the one segment `key` names.
 #[pyfunction]
 #[pyo3(signature = (key, length = 256, all_users = false))]
 fn read_segment<'py>(
@@ -169,21 +150,13 @@ fn read_segment<'py>(
     length: usize,
     all_users: bool,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let bytes = py
-        .detach(|| {
-            let segment = inspect::lookup(key, scope(all_users))?;
-            inspect::preview(&segment, length)
-        })
-        .map_err(|e| to_exception(py, &e))?;
+    let bytes = detached(py, || {
+        inspect::preview(&inspect::lookup(key, scope(all_users))?, length)
+    })?;
     Ok(PyBytes::new(py, &bytes))
 }
 
-/// remove_segment(key, force=False, all_users=False) -> dict
-///
-/// Removes the one segment `key` names, with its key file and lock; returns
-/// {"segment": <dict>, "removed": [<objects>]}. Without force, a segment in use is refused
-/// with SharedMemoryError (errno EBUSY). NotFoundError, InvalidKeyError (ambiguous key),
-/// PermissionDeniedError as they apply.
+/// Removes the one segment `key` names, with its key file and lock.
 #[pyfunction]
 #[pyo3(signature = (key, force = false, all_users = false))]
 fn remove_segment<'py>(
@@ -192,9 +165,7 @@ fn remove_segment<'py>(
     force: bool,
     all_users: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let (segment, removed) = py
-        .detach(|| inspect::remove_key(key, scope(all_users), force))
-        .map_err(|e| to_exception(py, &e))?;
+    let (segment, removed) = detached(py, || inspect::remove_key(key, scope(all_users), force))?;
     let d = PyDict::new(py);
     d.set_item("segment", segment_to_dict(py, &segment)?)?;
     d.set_item("removed", removed)?;
@@ -210,11 +181,7 @@ fn outcome_to_dict<'py>(py: Python<'py>, outcome: &GcOutcome) -> PyResult<Bound<
     Ok(d)
 }
 
-/// collect_garbage(dry_run=False, predicate=None, all_users=False) -> list[dict]
-///
-/// Removes every orphan (no live attachment, creator gone) for which `predicate(segment_dict)`
-/// is true (all orphans without a predicate); never a segment in use. With dry_run, removes
-/// nothing. Returns one {"segment", "removed", "skipped", "errno"} dict per orphan.
+/// Removes the orphans `predicate` accepts (all without one); never a segment in use.
 #[pyfunction]
 #[pyo3(signature = (dry_run = false, predicate = None, all_users = false))]
 fn collect_garbage<'py>(
@@ -241,16 +208,16 @@ fn collect_garbage<'py>(
             })
         })
     };
-    let outcomes = py
-        .detach(|| inspect::collect_garbage(scope(all_users), dry_run, &mut accept))
-        .map_err(|e| to_exception(py, &e))?;
+    let outcomes = detached(py, || {
+        inspect::collect_garbage(scope(all_users), dry_run, &mut accept)
+    })?;
     if let Some(error) = predicate_error {
         return Err(error);
     }
     outcomes.iter().map(|o| outcome_to_dict(py, o)).collect()
 }
 
-/// shm_space() -> (free, total): bytes of the file system behind /dev/shm.
+/// `(free, total)`: bytes of the file system behind /dev/shm.
 #[pyfunction]
 fn shm_space(py: Python<'_>) -> PyResult<(u64, u64)> {
     inspect::shm_space().map_err(|e| to_exception(py, &e))

@@ -27,12 +27,13 @@ pub(crate) struct PyNativeIpcKey {
     inner: NativeIpcKey,
 }
 
-impl PyNativeIpcKey {
-    /// Wraps a core key.
-    pub(crate) fn from_core(key: NativeIpcKey) -> Self {
-        Self { inner: key }
+impl From<NativeIpcKey> for PyNativeIpcKey {
+    fn from(inner: NativeIpcKey) -> Self {
+        Self { inner }
     }
+}
 
+impl PyNativeIpcKey {
     /// A copy of the core key.
     pub(crate) fn to_core(&self) -> NativeIpcKey {
         self.inner.clone()
@@ -77,17 +78,14 @@ impl PyNativeIpcKey {
         let key_type = r#type.map(key_type_from_py).transpose()?;
         let Some(k) = k else {
             // PySide6 reads None as a null QString, i.e. the (k, type) overload with "".
-            return Ok(Self::from_core(match key_type {
+            return Ok(Self::from(match key_type {
                 Some(key_type) => NativeIpcKey::empty(key_type),
                 None => NativeIpcKey::default(),
             }));
         };
         if let Ok(native) = k.cast::<PyString>() {
             let key_type = key_type.unwrap_or(KeyType::DEFAULT_FOR_OS);
-            return Ok(Self::from_core(NativeIpcKey::new(
-                native.to_str()?,
-                key_type,
-            )));
+            return Ok(Self::from(NativeIpcKey::new(native.to_str()?, key_type)));
         }
         if key_type.is_some() {
             return Err(PyTypeError::new_err(
@@ -95,10 +93,10 @@ impl PyNativeIpcKey {
             ));
         }
         if let Some(other) = extract_key(k)? {
-            return Ok(Self::from_core(other));
+            return Ok(Self::from(other));
         }
         match key_type_from_py(k) {
-            Ok(key_type) => Ok(Self::from_core(NativeIpcKey::empty(key_type))),
+            Ok(key_type) => Ok(Self::from(NativeIpcKey::empty(key_type))),
             Err(err) if err.is_instance_of::<PyTypeError>(k.py()) => {
                 Err(PyTypeError::new_err(format!(
                     "QNativeIpcKey() argument must be str, QNativeIpcKey or QNativeIpcKey.Type, \
@@ -180,7 +178,7 @@ impl PyNativeIpcKey {
     #[staticmethod]
     #[pyo3(name = "fromString", signature = (string, /))]
     fn from_qt_string(string: Option<&str>) -> Self {
-        Self::from_core(NativeIpcKey::from_qt_string(string.unwrap_or_default()))
+        Self::from(NativeIpcKey::from_qt_string(string.unwrap_or_default()))
     }
 
     /// swap(other): exchanges the contents of the two keys.

@@ -4,7 +4,7 @@
 //! Conversion only: waits run detached from the interpreter, with signal handlers running
 //! between slices (Ctrl-C works); a wait whose answer is known already returns without
 //! releasing the GIL. The `a*` coroutines are written in Python (`qsharedmem._aio`); the
-//! methods here hand over to it.
+//! methods here hand over to it. The full Python documentation is in `_qsharedmem.pyi`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,9 +17,9 @@ use pyo3::types::PyString;
 use super::convert::{detached_interruptible, timeout};
 use super::errors::to_py_err;
 use super::shared_memory::PySharedMemory;
-use crate::handle::Handle;
 use crate::notify::watcher::{self, Source, WatchQueue};
-use crate::notify::{AtomicWord, Event, EventId, NotifyError, WaitFor, DEFAULT_SPIN};
+use crate::notify::{AtomicWord, Event, EventId, NotifyError, WaitFor, Width, DEFAULT_SPIN};
+use crate::wait::Interrupt;
 
 /// A core notify error as a Python exception.
 pub(crate) fn notify_err(py: Python<'_>, error: NotifyError) -> PyErr {
@@ -32,7 +32,10 @@ pub(crate) fn notify_err(py: Python<'_>, error: NotifyError) -> PyErr {
 }
 
 /// `timeout` and `spin` in seconds as a wait's shape.
-fn wait_for(wait: Option<&Bound<'_, PyAny>>, spin: Option<&Bound<'_, PyAny>>) -> PyResult<WaitFor> {
+pub(crate) fn wait_for(
+    wait: Option<&Bound<'_, PyAny>>,
+    spin: Option<&Bound<'_, PyAny>>,
+) -> PyResult<WaitFor> {
     let spin = match spin.filter(|s| !s.is_none()) {
         None => DEFAULT_SPIN,
         Some(s) => timeout(Some(s))?.unwrap_or(Duration::from_secs(3600)),
@@ -40,103 +43,46 @@ fn wait_for(wait: Option<&Bound<'_, PyAny>>, spin: Option<&Bound<'_, PyAny>>) ->
     Ok(WaitFor::at_most(timeout(wait)?).spinning(spin))
 }
 
-/// A generation (or any 32-bit word value) from Python: 0 to 2**32 - 1.
-fn word32(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u32> {
-    value
-        .extract::<u32>()
-        .map_err(|_| PyOverflowError::new_err(format!("{what} must be an int from 0 to 2**32 - 1")))
-}
-
-/// Runs a wait whose outcome is `Ok(true)` (done), `Ok(false)` (timed out), detached.
-fn waiting<F>(py: Python<'_>, wait: F) -> PyResult<bool>
+/// A wait: True at once if `done`, False at once for a zero timeout (both with the GIL held),
+/// else `wait` detached (True: done, False: timed out).
+pub(crate) fn wait_unless<F>(py: Python<'_>, done: bool, how: WaitFor, wait: F) -> PyResult<bool>
 where
-    F: FnOnce(&mut dyn FnMut() -> bool) -> Result<bool, NotifyError> + Send,
+    F: FnOnce(WaitFor, Interrupt<'_>) -> Result<bool, NotifyError> + Send,
 {
-    detached_interruptible(py, wait)?.map_err(|e| notify_err(py, e))
-}
-
-// ---------------------------------------------------------------------------------------------
-// QSharedMemory's methods (called from its #[pymethods]).
-
-pub(crate) fn generation(py: Python<'_>, handle: &Handle) -> PyResult<u32> {
-    handle
-        .notifier()
-        .map(|n| n.generation())
-        .map_err(|e| notify_err(py, e))
-}
-
-pub(crate) fn wait_changed(
-    py: Python<'_>,
-    handle: &Handle,
-    generation: &Bound<'_, PyAny>,
-    wait: Option<&Bound<'_, PyAny>>,
-    spin: Option<&Bound<'_, PyAny>>,
-) -> PyResult<bool> {
-    let generation = word32(generation, "generation")?;
-    let how = wait_for(wait, spin)?;
-    let notifier = handle.notifier().map_err(|e| notify_err(py, e))?;
-    if notifier.generation() != generation {
-        return Ok(true);
+    if done || how.timeout == Some(Duration::ZERO) {
+        return Ok(done);
     }
-    if how.timeout == Some(Duration::ZERO) {
-        return Ok(false);
+    detached_interruptible(py, |interrupt| wait(how, interrupt))?.map_err(|e| notify_err(py, e))
+}
+
+/// The argument of `QSharedMemory.event()`: a name or an index.
+pub(crate) fn event_id<'a>(id: &'a Bound<'_, PyAny>) -> PyResult<EventId<'a>> {
+    if let Ok(name) = id.cast::<PyString>() {
+        return Ok(EventId::Name(name.to_str()?));
     }
-    waiting(py, |interrupt| {
-        notifier.wait_changed_with(generation, how, interrupt)
-    })
-}
-
-pub(crate) fn notify(py: Python<'_>, handle: &Handle, all: bool) -> PyResult<u32> {
-    let notifier = handle.notifier().map_err(|e| notify_err(py, e))?;
-    Ok(if all {
-        notifier.notify_all()
-    } else {
-        notifier.notify()
-    })
-}
-
-pub(crate) fn event(py: Python<'_>, handle: &Handle, id: &Bound<'_, PyAny>) -> PyResult<PyEvent> {
-    let found = if let Ok(name) = id.cast::<PyString>() {
-        handle.event(EventId::Name(name.to_str()?))
-    } else if id.is_instance_of::<pyo3::types::PyBool>() {
+    if id.is_instance_of::<pyo3::types::PyBool>() {
         return Err(PyTypeError::new_err(
             "event() takes a name (str) or an index (int), not bool",
         ));
-    } else if let Ok(index) = id.extract::<i64>() {
-        let index = usize::try_from(index).map_err(|_| {
-            PyValueError::new_err(format!("event index {index} is out of range (0 to 31)"))
-        })?;
-        handle.event(EventId::Index(index))
-    } else {
+    }
+    let Ok(index) = id.extract::<i64>() else {
         return Err(PyTypeError::new_err(format!(
             "event() takes a name (str) or an index (int), not {}",
             id.get_type().name()?
         )));
     };
-    found
-        .map(|inner| PyEvent { inner })
-        .map_err(|e| notify_err(py, e))
+    usize::try_from(index).map(EventId::Index).map_err(|_| {
+        PyValueError::new_err(format!("event index {index} is out of range (0 to 31)"))
+    })
 }
 
-pub(crate) fn atomic(
-    py: Python<'_>,
-    handle: &Handle,
-    offset: &Bound<'_, PyAny>,
-    bits: u32,
-) -> PyResult<PyAtomicWord> {
+/// The offset argument of `atomic_u32()` / `atomic_u64()`.
+pub(crate) fn offset_arg(offset: &Bound<'_, PyAny>) -> PyResult<usize> {
     let offset: i64 = offset
         .extract()
         .map_err(|_| PyTypeError::new_err("the offset must be an int"))?;
-    let offset = usize::try_from(offset)
-        .map_err(|_| PyValueError::new_err(format!("offset {offset} is negative")))?;
-    let inner = if bits == 32 {
-        handle.atomic_word::<u32>(offset).map(Word::U32)
-    } else {
-        handle.atomic_word::<u64>(offset).map(Word::U64)
-    };
-    inner
-        .map(|inner| PyAtomicWord { inner })
-        .map_err(|e| notify_err(py, e))
+    usize::try_from(offset)
+        .map_err(|_| PyValueError::new_err(format!("offset {offset} is negative")))
 }
 
 /// The coroutine functions of `qsharedmem._aio`, fetched once.
@@ -152,24 +98,10 @@ where
     module.bind(py).getattr(name)?.call1(args)
 }
 
-/// `_try_lock(record_busy=False)`: see `Handle::try_lock_for_task`; True taken, False busy,
-/// None failed (error() says why).
-pub(crate) fn try_lock_for_task(handle: &Handle, record_busy: bool) -> Option<bool> {
-    match handle.try_lock_for_task(record_busy) {
-        Ok(Some(_)) => Some(true),
-        Ok(None) => Some(false),
-        Err(_) => None,
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Event
-
-/// `qsharedmem.Event`: one of a segment's 32 events, shared by every process attached (see
-/// `QSharedMemory.event`).
+/// `qsharedmem.Event`: one of a segment's 32 events, shared by every process attached.
 #[pyclass(name = "Event", module = "qsharedmem", frozen)]
 pub(crate) struct PyEvent {
-    inner: Event,
+    pub(crate) inner: Event,
 }
 
 #[pymethods]
@@ -189,8 +121,7 @@ impl PyEvent {
         self.inner.is_set()
     }
 
-    /// `wait(timeout=None, *, spin=None) -> bool`: True once the event is set (also if a
-    /// `set()` was undone by a `clear()` before this waiter woke), False on timeout.
+    /// `wait(timeout=None, *, spin=None) -> bool`: True once the event is set, False on timeout.
     #[pyo3(signature = (timeout = None, *, spin = None))]
     fn wait(
         &self,
@@ -199,14 +130,8 @@ impl PyEvent {
         spin: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let how = wait_for(timeout, spin)?;
-        if self.inner.is_set() {
-            return Ok(true);
-        }
-        if how.timeout == Some(Duration::ZERO) {
-            return Ok(false);
-        }
         let event = &self.inner;
-        waiting(py, |interrupt| event.wait_with(how, interrupt))
+        wait_unless(py, event.is_set(), how, |how, i| event.wait_with(how, i))
     }
 
     /// `await await_set(timeout=None) -> bool`: `wait()` for asyncio.
@@ -255,98 +180,104 @@ impl PyEvent {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// AtomicWord
-
 #[derive(Clone)]
-enum Word {
+pub(crate) enum Word {
     U32(AtomicWord<u32>),
     U64(AtomicWord<u64>),
 }
 
-/// `qsharedmem.AtomicWord`: an aligned 32- or 64-bit word of a segment's data, used atomically
-/// (see `QSharedMemory.atomic_u32`).
-#[pyclass(name = "AtomicWord", module = "qsharedmem", frozen)]
-pub(crate) struct PyAtomicWord {
-    inner: Word,
+/// `$body` with `$w` bound to the word, whichever its width (`u64::from` is the identity on
+/// the 64-bit arm).
+macro_rules! each_width {
+    ($word:expr, $w:ident => $body:expr) => {
+        match $word {
+            Word::U32($w) => $body,
+            Word::U64($w) => {
+                #[allow(clippy::useless_conversion)]
+                let result = $body;
+                result
+            }
+        }
+    };
 }
 
-impl PyAtomicWord {
-    fn width(&self) -> u32 {
-        match self.inner {
-            Word::U32(_) => 32,
-            Word::U64(_) => 64,
-        }
-    }
+/// A generation (or any 32-bit word value) from Python: 0 to 2**32 - 1.
+pub(crate) fn word32(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u32> {
+    value
+        .extract::<u32>()
+        .map_err(|_| PyOverflowError::new_err(format!("{what} must be an int from 0 to 2**32 - 1")))
+}
 
-    /// A value for this word: 0 to 2**bits - 1.
-    fn value(&self, value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
-        let bits = self.width();
-        let too_big = || {
-            PyOverflowError::new_err(format!(
-                "{what} must be an int from 0 to 2**{bits} - 1 for a {bits}-bit word"
-            ))
-        };
-        let v: u64 = value.extract().map_err(|_| too_big())?;
-        if bits == 32 && v > u64::from(u32::MAX) {
-            return Err(too_big());
-        }
-        Ok(v)
-    }
+/// A value for `word`: 0 to 2**bits - 1.
+fn word_value<T: Width + TryFrom<u64>>(
+    _word: &AtomicWord<T>,
+    value: &Bound<'_, PyAny>,
+    what: &str,
+) -> PyResult<T> {
+    let bits = T::BYTES * 8;
+    let too_big = || {
+        PyOverflowError::new_err(format!(
+            "{what} must be an int from 0 to 2**{bits} - 1 for a {bits}-bit word"
+        ))
+    };
+    let v: u64 = value.extract().map_err(|_| too_big())?;
+    T::try_from(v).map_err(|_| too_big())
+}
 
-    /// `delta` for add(): -(2**bits - 1) to 2**bits - 1, as the two's complement to add.
-    fn delta(&self, delta: &Bound<'_, PyAny>) -> PyResult<u64> {
-        let bits = self.width();
-        let wide: i128 = delta
-            .extract()
-            .map_err(|_| PyOverflowError::new_err("delta out of range"))?;
-        let limit = (1i128 << bits) - 1;
-        if wide.abs() > limit {
-            return Err(PyOverflowError::new_err(format!(
-                "delta must be between -(2**{bits} - 1) and 2**{bits} - 1"
-            )));
-        }
-        // Two's complement modulo 2**bits: adding it wraps to the subtraction.
-        #[allow(clippy::cast_sign_loss, clippy::cast_possible_truncation)]
-        Ok((wide.rem_euclid(1i128 << bits)) as u64)
+/// `delta` for add() on `word`: -(2**bits - 1) to 2**bits - 1, as the two's complement to add.
+fn word_delta<T: Width + TryFrom<u64>>(
+    _word: &AtomicWord<T>,
+    delta: &Bound<'_, PyAny>,
+) -> PyResult<T> {
+    let bits = T::BYTES * 8;
+    let wide: i128 = delta
+        .extract()
+        .map_err(|_| PyOverflowError::new_err("delta out of range"))?;
+    if wide.abs() > (1i128 << bits) - 1 {
+        return Err(PyOverflowError::new_err(format!(
+            "delta must be between -(2**{bits} - 1) and 2**{bits} - 1"
+        )));
     }
+    // Two's complement modulo 2**bits (which fits in T): adding it wraps to the subtraction.
+    u64::try_from(wide.rem_euclid(1i128 << bits))
+        .ok()
+        .and_then(|d| T::try_from(d).ok())
+        .ok_or_else(|| PyOverflowError::new_err("delta out of range"))
+}
+
+/// 32 or 64.
+fn bits<T: Width>(_word: &AtomicWord<T>) -> usize {
+    T::BYTES * 8
+}
+
+/// `qsharedmem.AtomicWord`: an aligned 32- or 64-bit word of a segment's data, used atomically.
+#[pyclass(name = "AtomicWord", module = "qsharedmem", frozen)]
+pub(crate) struct PyAtomicWord {
+    pub(crate) inner: Word,
 }
 
 #[pymethods]
 impl PyAtomicWord {
     /// `load() -> int`
     fn load(&self) -> u64 {
-        match &self.inner {
-            Word::U32(w) => u64::from(w.load()),
-            Word::U64(w) => w.load(),
-        }
+        each_width!(&self.inner, w => u64::from(w.load()))
     }
 
     /// `store(value)`; TypeError for a ReadOnly attachment.
     #[pyo3(signature = (value, /))]
     fn store(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
-        let v = self.value(value, "value")?;
-        match &self.inner {
-            Word::U32(w) => w.store(narrow(v)),
-            Word::U64(w) => w.store(v),
-        }
-        .map_err(|e| notify_err(py, e))
+        each_width!(&self.inner, w => w.store(word_value(w, value, "value")?))
+            .map_err(|e| notify_err(py, e))
     }
 
-    /// `add(delta) -> int`: adds (wrapping around; a negative delta subtracts) and returns the
-    /// value before.
+    /// `add(delta) -> int`: adds (wrapping around) and returns the value before.
     #[pyo3(signature = (delta, /))]
     fn add(&self, py: Python<'_>, delta: &Bound<'_, PyAny>) -> PyResult<u64> {
-        let d = self.delta(delta)?;
-        match &self.inner {
-            Word::U32(w) => w.add(narrow(d)).map(u64::from),
-            Word::U64(w) => w.add(d),
-        }
-        .map_err(|e| notify_err(py, e))
+        each_width!(&self.inner, w => w.add(word_delta(w, delta)?).map(u64::from))
+            .map_err(|e| notify_err(py, e))
     }
 
-    /// `compare_exchange(expected, desired) -> (bool, int)`: stores `desired` if the word
-    /// holds `expected`; returns whether it did and the value it held.
+    /// `compare_exchange(expected, desired) -> (bool, int)`
     #[pyo3(signature = (expected, desired, /))]
     fn compare_exchange(
         &self,
@@ -354,25 +285,16 @@ impl PyAtomicWord {
         expected: &Bound<'_, PyAny>,
         desired: &Bound<'_, PyAny>,
     ) -> PyResult<(bool, u64)> {
-        let (e, d) = (
-            self.value(expected, "expected")?,
-            self.value(desired, "desired")?,
-        );
-        let result = match &self.inner {
-            Word::U32(w) => w
-                .compare_exchange(narrow(e), narrow(d))
-                .map(|r| r.map(u64::from).map_err(u64::from)),
-            Word::U64(w) => w.compare_exchange(e, d),
-        }
-        .map_err(|err| notify_err(py, err))?;
-        Ok(match result {
-            Ok(seen) => (true, seen),
-            Err(seen) => (false, seen),
+        let result = each_width!(&self.inner, w => {
+            let (e, d) = (word_value(w, expected, "expected")?, word_value(w, desired, "desired")?);
+            w.compare_exchange(e, d).map(|r| r.map(u64::from).map_err(u64::from))
         })
+        .map_err(|err| notify_err(py, err))?;
+        Ok(result.map_or_else(|seen| (false, seen), |seen| (true, seen)))
     }
 
-    /// `wait(expected, timeout=None, *, spin=None) -> bool`: waits while the word holds
-    /// `expected`; True once it holds another value, False on timeout.
+    /// `wait(expected, timeout=None, *, spin=None) -> bool`: True once the word holds another
+    /// value than `expected`, False on timeout.
     #[pyo3(signature = (expected, timeout = None, *, spin = None))]
     fn wait(
         &self,
@@ -381,18 +303,10 @@ impl PyAtomicWord {
         timeout: Option<&Bound<'_, PyAny>>,
         spin: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let e = self.value(expected, "expected")?;
-        let how = wait_for(timeout, spin)?;
-        if self.load() != e {
-            return Ok(true);
-        }
-        if how.timeout == Some(Duration::ZERO) {
-            return Ok(false);
-        }
-        let word = self.inner.clone();
-        waiting(py, move |interrupt| match &word {
-            Word::U32(w) => w.wait_with(narrow(e), how, interrupt),
-            Word::U64(w) => w.wait_with(e, how, interrupt),
+        each_width!(&self.inner, w => {
+            let e = word_value(w, expected, "expected")?;
+            let how = wait_for(timeout, spin)?;
+            wait_unless(py, w.load() != e, how, |how, i| w.wait_with(e, how, i))
         })
     }
 
@@ -403,10 +317,7 @@ impl PyAtomicWord {
             return Err(PyValueError::new_err("wake() needs n >= 1"));
         }
         let n = u32::try_from(n).unwrap_or(u32::MAX);
-        Ok(match &self.inner {
-            Word::U32(w) => w.wake(n),
-            Word::U64(w) => w.wake(n),
-        })
+        Ok(each_width!(&self.inner, w => w.wake(n)))
     }
 
     /// `await await_changed(expected, timeout=None) -> bool`: `wait()` for asyncio.
@@ -416,52 +327,33 @@ impl PyAtomicWord {
         expected: &Bound<'py, PyAny>,
         timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        slf.get().value(expected, "expected")?;
+        each_width!(&slf.get().inner, w => word_value(w, expected, "expected").map(drop))?;
         aio(slf.py(), "await_word", (slf, expected, timeout))
     }
 
     /// 32 or 64.
     #[getter]
-    fn bits(&self) -> u32 {
-        self.width()
+    fn bits(&self) -> usize {
+        each_width!(&self.inner, w => bits(w))
     }
 
     /// The word's offset in the segment's data.
     #[getter]
     fn offset(&self) -> usize {
-        match &self.inner {
-            Word::U32(w) => w.offset(),
-            Word::U64(w) => w.offset(),
-        }
+        each_width!(&self.inner, w => w.offset())
     }
 
     /// Whether writes are refused (the segment is attached ReadOnly).
     #[getter]
     fn readonly(&self) -> bool {
-        !match &self.inner {
-            Word::U32(w) => w.is_writable(),
-            Word::U64(w) => w.is_writable(),
-        }
+        !each_width!(&self.inner, w => w.is_writable())
     }
 
     fn __repr__(&self) -> String {
-        format!(
-            "<qsharedmem.AtomicWord u{} at offset {}: {}>",
-            self.width(),
-            self.offset(),
-            self.load()
-        )
+        let (bits, offset, value) = (self.bits(), self.offset(), self.load());
+        format!("<qsharedmem.AtomicWord u{bits} at offset {offset}: {value}>")
     }
 }
-
-/// The low 32 bits; only called with values checked to fit.
-#[allow(clippy::cast_possible_truncation)]
-fn narrow(value: u64) -> u32 {
-    value as u32
-}
-
-// ---------------------------------------------------------------------------------------------
-// The watcher's mailbox
 
 /// `_WatchQueue`: one event loop's mailbox of the process-wide watcher thread
 /// (`crate::notify::watcher`); `qsharedmem._aio` watches `fileno()` and takes the completed
@@ -498,17 +390,8 @@ impl PyWatchQueue {
 
     /// Registers a wait for `shm`'s generation to differ from `generation`.
     #[pyo3(signature = (shm, generation, /))]
-    fn watch_generation(
-        &self,
-        py: Python<'_>,
-        shm: &Bound<'_, PySharedMemory>,
-        generation: u32,
-    ) -> PyResult<u64> {
-        let notifier = shm
-            .get()
-            .handle()
-            .notifier()
-            .map_err(|e| notify_err(py, e))?;
+    fn watch_generation(&self, shm: &Bound<'_, PySharedMemory>, generation: u32) -> PyResult<u64> {
+        let notifier = shm.get().notifier(shm.py())?;
         self.watch(Source::Generation {
             notifier,
             generation,
@@ -530,7 +413,9 @@ impl PyWatchQueue {
         self.watch(match &word.get().inner {
             Word::U32(w) => Source::Word32 {
                 word: w.clone(),
-                expected: narrow(expected),
+                // The low 32 bits: `_aio` passes a value checked to fit.
+                #[allow(clippy::cast_possible_truncation)]
+                expected: expected as u32,
             },
             Word::U64(w) => Source::Word64 {
                 word: w.clone(),
@@ -554,8 +439,7 @@ impl PyWatchQueue {
 }
 
 /// How many times a sleeping waiter of this process found its word changed only when its
-/// 100 ms slice ended, instead of being woken (0 unless a notifier died or stalled in between):
-/// a diagnostic for tests.
+/// 100 ms slice ended, instead of being woken: a diagnostic for tests.
 #[pyfunction]
 fn _late_wakeups() -> u64 {
     crate::notify::late_wakeups()

@@ -17,18 +17,20 @@ use pyo3::types::{PyDict, PyMemoryView, PyString, PyTuple, PyType};
 
 use super::buffer::SegmentBuffer;
 use super::convert::{
-    access_mode, detached_interruptible, key_arg, permissions, size_arg, timeout, KeyArg,
+    access_mode, detached_interruptible, key_arg, key_type_or, native_key, permissions, size_arg,
+    timeout, KeyArg,
 };
 use super::enums::{self, key_type_from_py, member};
 use super::errors::to_py_err;
 use super::fast::{self, gil_held, CachedView};
 use super::key::PyNativeIpcKey;
-use super::notify;
+use super::notify::{self, notify_err, PyAtomicWord, PyEvent, Word};
 use crate::handle::Handle;
 use crate::key::KeyType;
+use crate::notify::Notifier;
 use crate::segment::AccessMode;
 use crate::wait::{uninterrupted, Interrupt};
-use crate::{NativeIpcKey, SharedMemory};
+use crate::SharedMemory;
 
 /// `QSharedMemory`: a shared memory segment by key, with Qt 6's API and semantics.
 #[pyclass(
@@ -49,6 +51,11 @@ pub(crate) struct PySharedMemory {
 impl PySharedMemory {
     pub(crate) fn handle(&self) -> &Handle {
         &self.handle
+    }
+
+    /// The segment's notifier (an exception if not attached).
+    pub(crate) fn notifier(&self, py: Python<'_>) -> PyResult<Notifier> {
+        self.handle.notifier().map_err(|e| notify_err(py, e))
     }
 
     pub(crate) fn views(&self, read_only: bool) -> &CachedView {
@@ -173,18 +180,6 @@ impl PySharedMemory {
         self.waiting(py, move |handle, _| handle.reset(key))
     }
 
-    #[classattr]
-    #[allow(non_snake_case)]
-    fn AccessMode(py: Python<'_>) -> PyResult<Py<PyType>> {
-        Ok(enums::access_mode_class(py)?.unbind())
-    }
-
-    #[classattr]
-    #[allow(non_snake_case)]
-    fn SharedMemoryError(py: Python<'_>) -> PyResult<Py<PyType>> {
-        Ok(enums::shared_memory_error_class(py)?.unbind())
-    }
-
     /// `create(size, mode=ReadWrite, *, permissions=None, group=None) -> bool`
     #[pyo3(signature = (size, mode = None, *, permissions = None, group = None))]
     fn create(
@@ -307,7 +302,7 @@ impl PySharedMemory {
     /// `nativeIpcKey() -> QNativeIpcKey`
     #[pyo3(name = "nativeIpcKey")]
     fn native_ipc_key(&self) -> PyNativeIpcKey {
-        PyNativeIpcKey::from_core(self.handle.native_ipc_key())
+        self.handle.native_ipc_key().into()
     }
 
     /// `setNativeKey(key: QNativeIpcKey)` or `setNativeKey(key: str, type=legacyDefaultTypeForOs())`
@@ -318,23 +313,7 @@ impl PySharedMemory {
         key: &Bound<'_, PyAny>,
         r#type: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let new_key = match key_arg(key)? {
-            KeyArg::Native(native) => {
-                if r#type.is_some() {
-                    return Err(PyTypeError::new_err(
-                        "setNativeKey(QNativeIpcKey) takes no type argument",
-                    ));
-                }
-                native
-            }
-            KeyArg::Text(text) => {
-                let key_type = r#type
-                    .map(key_type_from_py)
-                    .transpose()?
-                    .unwrap_or(KeyType::legacy_default_for_os());
-                NativeIpcKey::new(text, key_type)
-            }
-        };
+        let new_key = native_key(key_arg(key)?, r#type)?;
         self.waiting(py, move |handle, _| {
             let _ = handle.set_native_key(new_key);
         })
@@ -344,35 +323,23 @@ impl PySharedMemory {
     #[staticmethod]
     #[pyo3(name = "platformSafeKey", signature = (key, r#type = None))]
     fn platform_safe_key(key: &str, r#type: Option<&Bound<'_, PyAny>>) -> PyResult<PyNativeIpcKey> {
-        let key_type = r#type
-            .map(key_type_from_py)
-            .transpose()?
-            .unwrap_or(KeyType::DEFAULT_FOR_OS);
-        Ok(PyNativeIpcKey::from_core(SharedMemory::platform_safe_key(
-            key, key_type,
-        )))
+        let key_type = key_type_or(r#type, KeyType::DEFAULT_FOR_OS)?;
+        Ok(SharedMemory::platform_safe_key(key, key_type).into())
     }
 
     /// `QSharedMemory.legacyNativeKey(key, type=QNativeIpcKey.legacyDefaultTypeForOs())`
     #[staticmethod]
     #[pyo3(name = "legacyNativeKey", signature = (key, r#type = None))]
     fn legacy_native_key(key: &str, r#type: Option<&Bound<'_, PyAny>>) -> PyResult<PyNativeIpcKey> {
-        let key_type = r#type
-            .map(key_type_from_py)
-            .transpose()?
-            .unwrap_or(KeyType::legacy_default_for_os());
-        Ok(PyNativeIpcKey::from_core(SharedMemory::legacy_native_key(
-            key, key_type,
-        )))
+        let key_type = key_type_or(r#type, KeyType::legacy_default_for_os())?;
+        Ok(SharedMemory::legacy_native_key(key, key_type).into())
     }
 
     /// `QSharedMemory.isKeyTypeSupported(type) -> bool`
     #[staticmethod]
     #[pyo3(name = "isKeyTypeSupported")]
     fn is_key_type_supported(r#type: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(SharedMemory::is_key_type_supported(key_type_from_py(
-            r#type,
-        )?))
+        key_type_from_py(r#type).map(SharedMemory::is_key_type_supported)
     }
 
     /// `with shm:` returns the handle; leaving the block unlocks (if locked) and detaches.
@@ -418,7 +385,7 @@ impl PySharedMemory {
         let rebuild = py
             .import("qsharedmem._qsharedmem")?
             .getattr("_rebuild_qsharedmemory")?;
-        let args = (slf.get_type(), PyNativeIpcKey::from_core(key), mode);
+        let args = (slf.get_type(), PyNativeIpcKey::from(key), mode);
         let state = match slf.getattr(intern!(py, "__dict__")) {
             Ok(dict) if dict.is_truthy()? => dict,
             _ => py.None().into_bound(py),
@@ -437,11 +404,11 @@ impl PySharedMemory {
         })
     }
 
-    // -- wait and notify (src/python/notify.rs) ------------------------------------------------
+    // -- wait and notify (conversions in src/python/notify.rs) ---------------------------------
 
     /// `generation() -> int`: the segment's notify generation.
     fn generation(&self, py: Python<'_>) -> PyResult<u32> {
-        notify::generation(py, &self.handle)
+        Ok(self.notifier(py)?.generation())
     }
 
     /// `wait_changed(generation, timeout=None, *, spin=None) -> bool`
@@ -453,43 +420,56 @@ impl PySharedMemory {
         timeout: Option<&Bound<'_, PyAny>>,
         spin: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        notify::wait_changed(py, &self.handle, generation, timeout, spin)
+        let generation = notify::word32(generation, "generation")?;
+        let how = notify::wait_for(timeout, spin)?;
+        let n = self.notifier(py)?;
+        notify::wait_unless(py, n.generation() != generation, how, |how, i| {
+            n.wait_changed_with(generation, how, i)
+        })
     }
 
     /// `notify() -> int`: bumps the generation, wakes one waiter; returns how many it woke.
     fn notify(&self, py: Python<'_>) -> PyResult<u32> {
-        notify::notify(py, &self.handle, false)
+        Ok(self.notifier(py)?.notify())
     }
 
     /// `notify_all() -> int`: bumps the generation, wakes every waiter.
     fn notify_all(&self, py: Python<'_>) -> PyResult<u32> {
-        notify::notify(py, &self.handle, true)
+        Ok(self.notifier(py)?.notify_all())
     }
 
     /// `event(name_or_index) -> Event`
     #[pyo3(signature = (name_or_index, /))]
-    fn event(&self, py: Python<'_>, name_or_index: &Bound<'_, PyAny>) -> PyResult<notify::PyEvent> {
-        notify::event(py, &self.handle, name_or_index)
+    fn event(&self, py: Python<'_>, name_or_index: &Bound<'_, PyAny>) -> PyResult<PyEvent> {
+        let id = notify::event_id(name_or_index)?;
+        let inner = self.handle.event(id).map_err(|e| notify_err(py, e))?;
+        Ok(PyEvent { inner })
     }
 
     /// `atomic_u32(offset) -> AtomicWord`
     #[pyo3(signature = (offset, /))]
-    fn atomic_u32(
-        &self,
-        py: Python<'_>,
-        offset: &Bound<'_, PyAny>,
-    ) -> PyResult<notify::PyAtomicWord> {
-        notify::atomic(py, &self.handle, offset, 32)
+    fn atomic_u32(&self, py: Python<'_>, offset: &Bound<'_, PyAny>) -> PyResult<PyAtomicWord> {
+        let offset = notify::offset_arg(offset)?;
+        let word = self
+            .handle
+            .atomic_word(offset)
+            .map_err(|e| notify_err(py, e))?;
+        Ok(PyAtomicWord {
+            inner: Word::U32(word),
+        })
     }
 
     /// `atomic_u64(offset) -> AtomicWord`
     #[pyo3(signature = (offset, /))]
-    fn atomic_u64(
-        &self,
-        py: Python<'_>,
-        offset: &Bound<'_, PyAny>,
-    ) -> PyResult<notify::PyAtomicWord> {
-        notify::atomic(py, &self.handle, offset, 64)
+    fn atomic_u64(&self, py: Python<'_>, offset: &Bound<'_, PyAny>) -> PyResult<PyAtomicWord> {
+        let offset = notify::offset_arg(offset)?;
+        let word = self
+            .handle
+            .atomic_word(offset)
+            .map_err(|e| notify_err(py, e))?;
+        Ok(PyAtomicWord {
+            inner: Word::U64(word),
+        })
     }
 
     /// `await await_changed(generation, timeout=None) -> bool`
@@ -526,7 +506,8 @@ impl PySharedMemory {
     /// it), None failed (`error()`); `record_busy` records a busy lock as a time-out.
     #[pyo3(signature = (record_busy = false))]
     fn _try_lock(&self, record_busy: bool) -> Option<bool> {
-        notify::try_lock_for_task(&self.handle, record_busy)
+        let attempt = self.handle.try_lock_for_task(record_busy);
+        attempt.map(|taken| taken.is_some()).ok()
     }
 
     /// Makes the handle independent of the parent after `fork()` (called from an
@@ -645,11 +626,14 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySharedMemory>()?;
     let class = m.py().get_type::<PySharedMemory>();
     fast::install(&class)?;
-    enums::expose_members(
+    enums::expose(
         &class,
         [
-            enums::access_mode_class(m.py())?,
-            enums::shared_memory_error_class(m.py())?,
+            ("AccessMode", enums::access_mode_class(m.py())?),
+            (
+                "SharedMemoryError",
+                enums::shared_memory_error_class(m.py())?,
+            ),
         ],
     )?;
     m.add_class::<LockedContext>()?;

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyOverflowError, PyRuntimeWarning, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyString, PyType};
+use pyo3::types::PyString;
 
-use super::convert::{self, detached_interruptible, key_arg, timeout, KeyArg};
+use super::convert::{
+    self, detached_interruptible, key_arg, key_type_or, native_key, timeout, KeyArg,
+};
 use super::enums::{
     self, enum_value, int_value, key_type_from_py, member, semaphore_access_mode_class,
 };
@@ -22,7 +24,7 @@ use super::key::PyNativeIpcKey;
 use super::notify;
 use crate::key::KeyType;
 use crate::system_semaphore::{AccessMode, NEGATIVE_RELEASE_WARNING};
-use crate::{NativeIpcKey, SemaphoreError, SystemSemaphore};
+use crate::{SemaphoreError, SystemSemaphore};
 
 /// `QSystemSemaphore`: a counting semaphore shared between processes by key, with Qt 6's API
 /// and semantics.
@@ -149,18 +151,6 @@ impl PySystemSemaphore {
         Ok(Self { inner })
     }
 
-    #[classattr]
-    #[allow(non_snake_case)]
-    fn AccessMode(py: Python<'_>) -> PyResult<Py<PyType>> {
-        Ok(enums::semaphore_access_mode_class(py)?.unbind())
-    }
-
-    #[classattr]
-    #[allow(non_snake_case)]
-    fn SystemSemaphoreError(py: Python<'_>) -> PyResult<Py<PyType>> {
-        Ok(enums::semaphore_error_class(py)?.unbind())
-    }
-
     /// `acquire(timeout=None) -> bool`: takes a token, waiting at most `timeout` seconds
     /// (None: as long as it takes), with the GIL released and Ctrl-C working. False with
     /// `error()` set if the semaphore is unusable; False with `NoError` on timeout.
@@ -239,7 +229,7 @@ impl PySystemSemaphore {
     /// `nativeIpcKey() -> QNativeIpcKey`
     #[pyo3(name = "nativeIpcKey")]
     fn native_ipc_key(&self) -> PyNativeIpcKey {
-        PyNativeIpcKey::from_core(self.inner.native_ipc_key())
+        self.inner.native_ipc_key().into()
     }
 
     /// `setNativeKey(key: QNativeIpcKey, /, initialValue=0, mode=Open)` or
@@ -258,24 +248,7 @@ impl PySystemSemaphore {
     ) -> PyResult<()> {
         let initial = c_int(initialValue, "initialValue", 0)?;
         let mode = access_mode(mode)?;
-        let key = match key_or_text(key)? {
-            KeyArg::Native(native) => {
-                if r#type.is_some_and(|t| !t.is_none()) {
-                    return Err(PyTypeError::new_err(
-                        "setNativeKey(QNativeIpcKey) takes no type argument",
-                    ));
-                }
-                native
-            }
-            KeyArg::Text(text) => {
-                let key_type = r#type
-                    .filter(|t| !t.is_none())
-                    .map(key_type_from_py)
-                    .transpose()?
-                    .unwrap_or(KeyType::legacy_default_for_os());
-                NativeIpcKey::new(text, key_type)
-            }
-        };
+        let key = native_key(key_or_text(key)?, r#type)?;
         let _ = self.inner.set_native_key(key, initial, mode);
         Ok(())
     }
@@ -284,35 +257,23 @@ impl PySystemSemaphore {
     #[staticmethod]
     #[pyo3(name = "platformSafeKey", signature = (key, /, r#type = None))]
     fn platform_safe_key(key: &str, r#type: Option<&Bound<'_, PyAny>>) -> PyResult<PyNativeIpcKey> {
-        let key_type = r#type
-            .map(key_type_from_py)
-            .transpose()?
-            .unwrap_or(KeyType::DEFAULT_FOR_OS);
-        Ok(PyNativeIpcKey::from_core(
-            SystemSemaphore::platform_safe_key(key, key_type),
-        ))
+        let key_type = key_type_or(r#type, KeyType::DEFAULT_FOR_OS)?;
+        Ok(SystemSemaphore::platform_safe_key(key, key_type).into())
     }
 
     /// `QSystemSemaphore.legacyNativeKey(key, /, type=QNativeIpcKey.legacyDefaultTypeForOs())`
     #[staticmethod]
     #[pyo3(name = "legacyNativeKey", signature = (key, /, r#type = None))]
     fn legacy_native_key(key: &str, r#type: Option<&Bound<'_, PyAny>>) -> PyResult<PyNativeIpcKey> {
-        let key_type = r#type
-            .map(key_type_from_py)
-            .transpose()?
-            .unwrap_or(KeyType::legacy_default_for_os());
-        Ok(PyNativeIpcKey::from_core(
-            SystemSemaphore::legacy_native_key(key, key_type),
-        ))
+        let key_type = key_type_or(r#type, KeyType::legacy_default_for_os())?;
+        Ok(SystemSemaphore::legacy_native_key(key, key_type).into())
     }
 
     /// `QSystemSemaphore.isKeyTypeSupported(type, /) -> bool`
     #[staticmethod]
     #[pyo3(name = "isKeyTypeSupported", signature = (r#type, /))]
     fn is_key_type_supported(r#type: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(SystemSemaphore::is_key_type_supported(key_type_from_py(
-            r#type,
-        )?))
+        key_type_from_py(r#type).map(SystemSemaphore::is_key_type_supported)
     }
 
     /// `with sem:` acquires a token (waiting as long as it takes, Ctrl-C working) and releases
@@ -352,11 +313,11 @@ impl PySystemSemaphore {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PySystemSemaphore>()?;
     let py = m.py();
-    enums::expose_members(
+    enums::expose(
         &py.get_type::<PySystemSemaphore>(),
         [
-            enums::semaphore_access_mode_class(py)?,
-            enums::semaphore_error_class(py)?,
+            ("AccessMode", enums::semaphore_access_mode_class(py)?),
+            ("SystemSemaphoreError", enums::semaphore_error_class(py)?),
         ],
     )
 }

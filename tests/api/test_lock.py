@@ -18,22 +18,14 @@ from typing import Any
 import pytest
 import qsharedmem
 from support.agent import Agent, start_agent
-from support.impls import Impl, load_impl
+from support.impls import Impl, qsharedmem_only
 from support.ipc import segment_exists
 from support.keys import KeyRegistry
 
 TIMEOUT = 60.0
 
 
-@pytest.fixture
-def impl() -> Impl:
-    """qsharedmem only (overrides conftest's two-implementation fixture for ``key_type``)."""
-    return load_impl("qsharedmem")
-
-
-@pytest.fixture
-def key(impl: Impl, key_type: Any, make_key: KeyRegistry) -> Any:
-    return impl.QSharedMemory.platformSafeKey(make_key("lock"), key_type)
+impl, key = qsharedmem_only("lock")
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from support.agent import Agent, start_agent
-from support.impls import Impl, load_impl
+from support.impls import Impl, qsharedmem_only
 from support.ipc import ftok_matches, is_posix, segment_exists, sysv_objects, sysv_remove
 from support.keys import KeyRegistry
 
@@ -87,15 +87,7 @@ def run_action(procs: Any, script: str, key: Any, implementation: str) -> Any:
     return procs.run_python(PRELUDE + script, key.toString(), implementation, timeout=TIMEOUT)
 
 
-@pytest.fixture
-def impl() -> Impl:
-    """qsharedmem (overrides conftest's two-implementation fixture for ``key_type``)."""
-    return load_impl("qsharedmem")
-
-
-@pytest.fixture
-def key(impl: Impl, key_type: Any, make_key: KeyRegistry) -> Any:
-    return impl.QSharedMemory.platformSafeKey(make_key("memsafe"), key_type)
+impl, key = qsharedmem_only("memsafe")
 
 
 def outcome(result: Any) -> list[str]:

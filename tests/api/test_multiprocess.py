@@ -25,7 +25,7 @@ from helpers.mp_children import (
     use_inherited_then_detach,
 )
 from support.agent import Agent, start_agent
-from support.impls import Impl, load_impl
+from support.impls import Impl, qsharedmem_only
 from support.ipc import is_posix, segment_exists, sysv_segment
 from support.keys import KeyRegistry
 
@@ -33,19 +33,17 @@ TIMEOUT = 60.0  # hang guard for every wait; nothing asserts a duration
 MARKER = b"PARENT!!"
 
 
-@pytest.fixture
-def impl() -> Impl:
-    """qsharedmem only (overrides conftest's two-implementation fixture for ``key_type``)."""
-    return load_impl("qsharedmem")
+impl, key = qsharedmem_only("mp")
 
 
-@pytest.fixture
-def key(impl: Impl, key_type: Any, make_key: KeyRegistry) -> Any:
-    return impl.QSharedMemory.platformSafeKey(make_key("mp"), key_type)
-
-
-def agents(procs: Any, key: Any, count: int) -> list[Agent]:
-    return [start_agent(procs, key) for _ in range(count)]
+def agents(procs: Any, key: Any, count: int, size: int) -> list[Agent]:
+    """``count`` agents with a handle ``shm`` each: the first created the segment (``size``
+    bytes), the others attached to it."""
+    peers = [start_agent(procs, key) for _ in range(count)]
+    assert peers[0](f"shm = QSharedMemory(key); shm.create({size})") is True
+    for peer in peers[1:]:
+        assert peer("shm = QSharedMemory(key); shm.attach()") is True
+    return peers
 
 
 # ------------------------------------------------------------------------------------------------
@@ -55,10 +53,7 @@ def agents(procs: Any, key: Any, count: int) -> list[Agent]:
 def test_five_processes_share_data(procs: Any, key: Any, make_key: KeyRegistry) -> None:
     slot = struct.Struct("<QQ")  # (pid, index + 1) per process
     write_slot = "struct.pack_into('<QQ', shm.data(), {offset}, os.getpid(), {value})"
-    peers = agents(procs, key, 5)
-    assert peers[0](f"shm = QSharedMemory(key); shm.create({5 * slot.size})") is True
-    for peer in peers[1:]:
-        assert peer("shm = QSharedMemory(key); shm.attach()") is True
+    peers = agents(procs, key, 5, 5 * slot.size)
 
     # each writes its own slot under the lock...
     for index, peer in enumerate(peers):
@@ -84,10 +79,7 @@ def test_five_processes_share_data(procs: Any, key: Any, make_key: KeyRegistry) 
 def test_segment_lives_while_any_process_is_attached(
     procs: Any, key: Any, make_key: KeyRegistry
 ) -> None:
-    peers = agents(procs, key, 4)
-    assert peers[0]("shm = QSharedMemory(key); shm.create(4096)") is True
-    for peer in peers[1:]:
-        assert peer("shm = QSharedMemory(key); shm.attach()") is True
+    peers = agents(procs, key, 4, 4096)
     peers[1]("shm.data()[:8] = b'survives'")
 
     # the creator leaves first; then the others, one by one
@@ -104,10 +96,7 @@ def test_segment_lives_while_any_process_is_attached(
 def test_segment_survives_killed_attachers_and_goes_with_the_last_survivor(
     procs: Any, key: Any, make_key: KeyRegistry
 ) -> None:
-    peers = agents(procs, key, 4)
-    assert peers[0]("shm = QSharedMemory(key); shm.create(4096)") is True
-    for peer in peers[1:]:
-        assert peer("shm = QSharedMemory(key); shm.attach()") is True
+    peers = agents(procs, key, 4, 4096)
     survivor = peers[-1]
     survivor("shm.data()[:8] = b'survives'")
 
@@ -129,10 +118,7 @@ def test_segment_survives_killed_attachers_and_goes_with_the_last_survivor(
 def test_crashed_creators_orphan_is_reclaimed_by_the_next_create(
     impl: Impl, procs: Any, key: Any, make_key: KeyRegistry, attachers: int
 ) -> None:
-    creator, *others = agents(procs, key, 1 + attachers)
-    assert creator("shm = QSharedMemory(key); shm.create(3000)") is True
-    for other in others:
-        assert other("shm = QSharedMemory(key); shm.attach()") is True
+    creator, *others = agents(procs, key, 1 + attachers, 3000)
     creator("shm.data()[:] = b'\\xab' * 3000")
     # every process attached to it crashes: the segment is an orphan nobody will detach
     for peer in (creator, *others):
@@ -250,21 +236,34 @@ def test_os_fork_parents_detach_keeps_the_childs_segment(
     assert make_key.leftovers() == []
 
 
-def test_multiprocessing_fork_childs_detach_keeps_the_parents_segment(
-    impl: Impl, key: Any, make_key: KeyRegistry
-) -> None:
+def fork_child_with(impl: Impl, key: Any, target: Any) -> tuple[Any, Any, Any]:
+    """A new 256-byte segment with MARKER at 0, and a ``multiprocessing`` fork child running
+    ``target(shm, pipe end)``: (segment, the parent's pipe end, child)."""
     context = multiprocessing.get_context("fork")
     shm = impl.QSharedMemory(key)
     assert shm.create(256)
     shm.data()[:8] = MARKER
     parent_end, child_end = context.Pipe()
-    child = context.Process(target=use_inherited_then_detach, args=(shm, child_end))
+    child = context.Process(target=target, args=(shm, child_end))
     child.start()
     child_end.close()
+    return shm, parent_end, child
+
+
+def child_report(parent_end: Any, child: Any) -> Any:
+    """The child's next message, once the child has exited with status 0."""
     assert parent_end.poll(TIMEOUT)
     report = parent_end.recv()
     child.join(TIMEOUT)
     assert child.exitcode == 0
+    return report
+
+
+def test_multiprocessing_fork_childs_detach_keeps_the_parents_segment(
+    impl: Impl, key: Any, make_key: KeyRegistry
+) -> None:
+    shm, parent_end, child = fork_child_with(impl, key, use_inherited_then_detach)
+    report = child_report(parent_end, child)
     assert report == {"marker": MARKER, "detached": True, "attached": False}
 
     assert shm.isAttached()
@@ -277,23 +276,13 @@ def test_multiprocessing_fork_childs_detach_keeps_the_parents_segment(
 def test_multiprocessing_fork_parents_detach_keeps_the_childs_segment(
     impl: Impl, key: Any, make_key: KeyRegistry
 ) -> None:
-    context = multiprocessing.get_context("fork")
-    shm = impl.QSharedMemory(key)
-    assert shm.create(256)
-    shm.data()[:8] = MARKER
-    parent_end, child_end = context.Pipe()
-    child = context.Process(target=outlive_parent_detach, args=(shm, child_end))
-    child.start()
-    child_end.close()
+    shm, parent_end, child = fork_child_with(impl, key, outlive_parent_detach)
     assert parent_end.poll(TIMEOUT)
     assert parent_end.recv() == "attached"
     assert shm.detach()
     assert segment_exists(key), "the parent's detach destroyed the child's segment"
     parent_end.send("parent detached")
-    assert parent_end.poll(TIMEOUT)
-    report = parent_end.recv()
-    child.join(TIMEOUT)
-    assert child.exitcode == 0
+    report = child_report(parent_end, child)
     assert report == {"marker": MARKER, "written": CHILD_TEXT, "detached": True}
     assert make_key.leftovers() == []
 

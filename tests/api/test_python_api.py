@@ -16,7 +16,7 @@ import pytest
 import qsharedmem
 from helpers.mp_children import CHILD_OFFSET, CHILD_TEXT, LabelledMemory, report_pickled
 from qsharedmem import QNativeIpcKey, QSharedMemory
-from support.impls import Impl, load_impl
+from support.impls import qsharedmem_only
 from support.ipc import segment_exists
 from support.keys import KeyRegistry
 
@@ -24,15 +24,15 @@ TIMEOUT = 60.0
 MARKER = b"PARENT!!"
 
 
-@pytest.fixture
-def impl() -> Impl:
-    """qsharedmem only (overrides conftest's two-implementation fixture for ``key_type``)."""
-    return load_impl("qsharedmem")
+impl, key = qsharedmem_only("api")
 
 
-@pytest.fixture
-def key(impl: Impl, key_type: Any, make_key: KeyRegistry) -> Any:
-    return impl.QSharedMemory.platformSafeKey(make_key("api"), key_type)
+def marked_segment(key: Any) -> QSharedMemory:
+    """A new 256-byte segment with MARKER at 0."""
+    shm = QSharedMemory(key)
+    assert shm.create(256)
+    shm.data()[:8] = MARKER
+    return shm
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,9 +106,7 @@ def spawn_with(shm: Any) -> dict[str, Any]:
 
 
 def test_pickled_read_write_handle_attaches_read_write_in_a_spawned_child(key: Any) -> None:
-    shm = QSharedMemory(key)
-    assert shm.create(256)
-    shm.data()[:8] = MARKER
+    shm = marked_segment(key)
     report = spawn_with(shm)
     assert report == {
         "type": "QSharedMemory",
@@ -126,9 +124,7 @@ def test_pickled_read_write_handle_attaches_read_write_in_a_spawned_child(key: A
 
 
 def test_pickled_read_only_handle_attaches_read_only_in_a_spawned_child(key: Any) -> None:
-    creator = QSharedMemory(key)
-    assert creator.create(256)
-    creator.data()[:8] = MARKER
+    creator = marked_segment(key)
     reader = QSharedMemory(key)
     assert reader.attach(QSharedMemory.ReadOnly)
     report = spawn_with(reader)
@@ -142,9 +138,7 @@ def test_pickled_read_only_handle_attaches_read_only_in_a_spawned_child(key: Any
 
 
 def test_pickled_unattached_handle_stays_unattached_in_a_spawned_child(key: Any) -> None:
-    shm = QSharedMemory(key)
-    assert shm.create(256)
-    shm.data()[:8] = MARKER
+    shm = marked_segment(key)
     unattached = QSharedMemory(key)
     report = spawn_with(unattached)
     assert report == {

@@ -39,6 +39,13 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "multiprocessing.md"
 TIMEOUT = 60.0  # hang guards only; nothing asserts a duration
 
 
+def clean_output(result: Any) -> list[str]:
+    """The stdout lines of a child that exited with status 0 and wrote nothing on stderr."""
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", "no warnings, no tracebacks, from any process"
+    return result.stdout.splitlines()
+
+
 def exists(name: str) -> bool:
     return (DEV_SHM / name).exists()
 
@@ -112,10 +119,8 @@ def test_pool_workers_attach_by_name_and_survive_a_sigkilled_worker(
     program.write_text(POOL_PROGRAM)
     before = set(os.listdir(DEV_SHM))
     result = procs.run_script(program, start_method, name, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
     # Nothing at all on stderr: no tracker warnings, no tracebacks, from any process.
-    assert result.stderr == ""
-    assert result.stdout.splitlines() == [
+    assert clean_output(result) == [
         "before 0001020000000000",
         "killed exists True",
         # Slot 7 was written by the killed worker before it died, 1 to 5 by the others.
@@ -391,9 +396,7 @@ resource_tracker.unregister(theirs._name, "shared_memory")  # we unlinked it for
 def test_we_open_segments_made_by_multiprocessing(procs, make_key):
     name = make_key("mp-made")
     result = procs.run_python(MP_CREATES, name, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
-    assert result.stdout.splitlines() == [
+    assert clean_output(result) == [
         # A foreign segment's size is its file size: exactly what multiprocessing made.
         "ours size 100 b'mp!!'",
         "theirs sees b'mp!!qsm!'",
@@ -429,8 +432,7 @@ def test_multiprocessing_opens_our_segments(procs, make_key):
     with SharedMemory(name, create=True, size=100) as ours:
         ours.buf[:5] = b"hello"
         result = procs.run_python(MP_OPENS_OURS, name, timeout=TIMEOUT)
-        assert result.returncode == 0, result.stderr
-        assert result.stderr == ""
+        clean_output(result)
         size, _, data = result.stdout.split(maxsplit=2)
         # multiprocessing sees exactly our size: the data file holds the data and nothing
         # else (our control block is a file of its own).
@@ -497,8 +499,7 @@ def test_numpy_consumers_in_other_processes_see_the_producers_array(procs, make_
 
         for consumer in (rw, ro):
             result = consumer.finish(TIMEOUT)
-            assert result.returncode == 0, result.stderr
-            assert result.stderr == ""
+            clean_output(result)
             # The array outlived close().
             assert result.stdout.splitlines()[-1] == "SEES AFTER CLOSE 15"
     finally:
@@ -764,8 +765,7 @@ def test_docs_example_runs(index, procs, tmp_path):
     script.write_text(code)
     before = set(os.listdir(DEV_SHM))
     result = procs.run_script(script, timeout=TIMEOUT, cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == ""
+    clean_output(result)
     assert set(os.listdir(DEV_SHM)) - before == set()
 
 
@@ -1026,7 +1026,5 @@ def test_a_program_using_all_three_names_needs_only_new_imports(
         script.write_text(program_on_qsharedmem())
     before = set(os.listdir(DEV_SHM))
     result = procs.run_script(script, start_method, timeout=TIMEOUT, cwd=str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert result.stderr == "", "no warnings, no tracebacks, from any process"
-    assert result.stdout.splitlines() == PROGRAM_OUTPUT
+    assert clean_output(result) == PROGRAM_OUTPUT
     assert set(os.listdir(DEV_SHM)) - before == set(), "nothing is left in /dev/shm"

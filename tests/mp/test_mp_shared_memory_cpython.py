@@ -102,24 +102,7 @@ def test_shared_memory_basics(make_key):
 
         # Test if shared memory segment is created properly,
         # when _make_filename returns an existing shared memory segment name
-        with unittest.mock.patch("qsharedmem.shared_memory._make_filename") as mock_make_filename:
-            NAME_PREFIX = shared_memory._SHM_NAME_PREFIX
-            names = [make_key("test01_fn"), make_key("test02_fn")]
-            # Prepend NAME_PREFIX which can be '/psm_' or 'wnsm_', necessary
-            # because some POSIX compliant systems require name to start with /
-            names = [NAME_PREFIX + name for name in names]
-            for name in names:
-                make_key.record_native(name, qsharedmem.QNativeIpcKey.Type.PosixRealtime)
-
-            mock_make_filename.side_effect = names
-            shm1 = shared_memory.SharedMemory(create=True, size=1)
-            cleanups.append(shm1.unlink)
-            assert shm1._name == names[0]
-
-            mock_make_filename.side_effect = names
-            shm2 = shared_memory.SharedMemory(create=True, size=1)
-            cleanups.append(shm2.unlink)
-            assert shm2._name == names[1]
+        check_recreate_on_name_collision(make_key, cleanups, "test01_fn", "test02_fn")
 
         # Posix Shared Memory can only be unlinked once.  Here we
         # test an implementation detail that is not observed across
@@ -172,27 +155,30 @@ def test_shared_memory_basics(make_key):
             cleanup()
 
 
+def check_recreate_on_name_collision(make_key, cleanups, first, second):
+    """CPython's check that a segment is created properly when ``_make_filename`` returns the
+    name of an existing segment: the second create() takes the next name."""
+    with unittest.mock.patch("qsharedmem.shared_memory._make_filename") as mock_make_filename:
+        NAME_PREFIX = shared_memory._SHM_NAME_PREFIX
+        # Prepend NAME_PREFIX which can be '/psm_' or 'wnsm_', necessary
+        # because some POSIX compliant systems require name to start with /
+        names = [NAME_PREFIX + make_key(first), NAME_PREFIX + make_key(second)]
+        for name in names:
+            make_key.record_native(name, qsharedmem.QNativeIpcKey.Type.PosixRealtime)
+
+        for expected in names:
+            mock_make_filename.side_effect = names
+            shm = shared_memory.SharedMemory(create=True, size=1)
+            cleanups.append(shm.unlink)
+            assert shm._name == expected
+
+
 def test_shared_memory_recreate(make_key):
     # Test if shared memory segment is created properly,
     # when _make_filename returns an existing shared memory segment name
     cleanups = []
     try:
-        with unittest.mock.patch("qsharedmem.shared_memory._make_filename") as mock_make_filename:
-            NAME_PREFIX = shared_memory._SHM_NAME_PREFIX
-            names = [make_key("test03_fn"), make_key("test04_fn")]
-            names = [NAME_PREFIX + name for name in names]
-            for name in names:
-                make_key.record_native(name, qsharedmem.QNativeIpcKey.Type.PosixRealtime)
-
-            mock_make_filename.side_effect = names
-            shm1 = shared_memory.SharedMemory(create=True, size=1)
-            cleanups.append(shm1.unlink)
-            assert shm1._name == names[0]
-
-            mock_make_filename.side_effect = names
-            shm2 = shared_memory.SharedMemory(create=True, size=1)
-            cleanups.append(shm2.unlink)
-            assert shm2._name == names[1]
+        check_recreate_on_name_collision(make_key, cleanups, "test03_fn", "test04_fn")
     finally:
         for cleanup in reversed(cleanups):
             cleanup()

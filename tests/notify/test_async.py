@@ -42,14 +42,6 @@ def key(request: pytest.FixtureRequest, make_key: KeyRegistry) -> Any:
 
 
 @pytest.fixture
-def shm(key: Any) -> Any:
-    shm = QSharedMemory(key)
-    assert shm.create(4096), shm.errorString()
-    yield shm
-    shm.detach()
-
-
-@pytest.fixture
 def peer(procs: Any, key: Any, shm: Any) -> Agent:
     agent = start_agent(procs, key)
     assert agent("shm = QSharedMemory(key); shm.attach()") is True

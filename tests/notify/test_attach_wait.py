@@ -10,17 +10,15 @@ the same bound.
 
 from __future__ import annotations
 
-import os
-import signal
 import struct
 from typing import Any
 
 import pytest
 import qsharedmem
 from qsharedmem import QSharedMemory, SharedMemory
-from support.agent import AgentError, start_agent
+from support.agent import start_agent
 from support.keys import KeyRegistry
-from support.notify import qkey, wait_until_sleeping
+from support.notify import interrupt_wait, qkey, wait_until_sleeping
 
 BACKENDS = ["posix", "sysv"]
 
@@ -65,13 +63,7 @@ def test_an_attach_that_waits_in_vain_fails_and_leaves_nothing(
 
 def test_an_endless_wait_is_interrupted_by_ctrl_c(key: Any, procs: Any) -> None:
     agent = start_agent(procs, key)
-    agent.send("shm = QSharedMemory(key); ready(); shm.attach(timeout=float('inf'))")
-    agent.wait_for_line()
-    wait_until_sleeping(agent.pid)
-    os.kill(agent.pid, signal.SIGINT)
-    with pytest.raises(AgentError) as raised:
-        agent.result()
-    assert raised.value.kind == "KeyboardInterrupt"
+    interrupt_wait(agent, "shm = QSharedMemory(key); ready(); shm.attach(timeout=float('inf'))")
     assert agent("shm.isAttached()") is False
 
 

@@ -8,8 +8,6 @@ Peers are real processes (``helpers/agent.py``); a process is known to be asleep
 
 from __future__ import annotations
 
-import os
-import signal
 import stat
 import struct
 import subprocess
@@ -23,7 +21,14 @@ from support import HELPERS_DIR
 from support.agent import Agent, AgentError, start_agent
 from support.ipc import DEV_SHM, sysv_segment
 from support.keys import KeyRegistry
-from support.notify import TIMEOUT, notify_block, qkey, wait_until_sleeping
+from support.notify import (
+    TIMEOUT,
+    interrupt_wait,
+    notify_block,
+    qkey,
+    sleep_in,
+    wait_until_sleeping,
+)
 from support.processes import child_env
 
 BACKENDS = ["posix", "sysv"]
@@ -37,14 +42,6 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def key(make_key: KeyRegistry, backend: str) -> Any:
     return qkey(make_key, backend)
-
-
-@pytest.fixture
-def shm(key: Any) -> Any:
-    shm = QSharedMemory(key)
-    assert shm.create(4096), shm.errorString()
-    yield shm
-    shm.detach()
 
 
 def attached_agent(procs: Any, key: Any, mode: str = "") -> Agent:
@@ -79,9 +76,7 @@ def test_generation_counts_notifications_and_a_stale_one_returns_at_once(shm: An
 
 def test_a_sleeping_waiter_in_another_process_is_woken(shm: Any, key: Any, procs: Any) -> None:
     agent = attached_agent(procs, key)
-    agent.send("g = shm.generation(); ready(); shm.wait_changed(g, 60)")
-    agent.wait_for_line()
-    wait_until_sleeping(agent.pid)
+    sleep_in(agent, "g = shm.generation(); ready(); shm.wait_changed(g, 60)")
     assert segment_info(key)["notify_waiters"] == 1
     assert shm.notify() == 1
     assert agent.result() is True
@@ -108,13 +103,7 @@ def test_notify_wakes_one_and_notify_all_wakes_the_others(shm: Any, key: Any, pr
 
 def test_ctrl_c_interrupts_a_wait(shm: Any, key: Any, procs: Any) -> None:
     agent = attached_agent(procs, key)
-    agent.send("g = shm.generation(); ready(); shm.wait_changed(g)")
-    agent.wait_for_line()
-    wait_until_sleeping(agent.pid)
-    os.kill(agent.pid, signal.SIGINT)
-    with pytest.raises(AgentError) as raised:
-        agent.result()
-    assert raised.value.kind == "KeyboardInterrupt"
+    interrupt_wait(agent, "g = shm.generation(); ready(); shm.wait_changed(g)")
     assert segment_info(key)["notify_waiters"] == 0, "the waiter counted itself out"
     # the handle works on
     assert agent("shm.wait_changed(shm.generation(), 0)") is False
@@ -122,9 +111,7 @@ def test_ctrl_c_interrupts_a_wait(shm: Any, key: Any, procs: Any) -> None:
 
 def test_a_read_only_attachment_waits_and_notifies(shm: Any, key: Any, procs: Any) -> None:
     agent = attached_agent(procs, key, "QSharedMemory.ReadOnly")
-    agent.send("g = shm.generation(); ready(); shm.wait_changed(g, 60)")
-    agent.wait_for_line()
-    wait_until_sleeping(agent.pid)
+    sleep_in(agent, "g = shm.generation(); ready(); shm.wait_changed(g, 60)")
     shm.notify_all()
     assert agent.result() is True
     g = shm.generation()
@@ -288,9 +275,7 @@ def test_a_read_only_attachment_reads_waits_and_refuses_writes(
             agent(write)
         assert raised.value.kind == "TypeError"
         assert "ReadOnly" in raised.value.message
-    agent.send("ready(); w.wait(41, 60)")
-    agent.wait_for_line()
-    wait_until_sleeping(agent.pid)
+    sleep_in(agent, "ready(); w.wait(41, 60)")
     writer = shm.atomic_u32(0)
     writer.store(42)
     assert writer.wake() == 1
@@ -301,9 +286,7 @@ def test_a_64_bit_wait_sees_a_change_of_the_high_half(shm: Any, key: Any, procs:
     word = shm.atomic_u64(64)
     word.store(5)
     agent = attached_agent(procs, key)
-    agent.send("w = shm.atomic_u64(64); ready(); w.wait(5, 60)")
-    agent.wait_for_line()
-    wait_until_sleeping(agent.pid)
+    sleep_in(agent, "w = shm.atomic_u64(64); ready(); w.wait(5, 60)")
     word.add(2**32)  # the low half, which the kernel sleeps on, stays 5
     assert word.wake() == 1
     assert agent.result() is True
@@ -426,9 +409,7 @@ def test_qsharedmem_info_shows_the_notify_state(shm: Any, key: Any, procs: Any) 
     shm.event("done")
     shm.notify()
     agent = attached_agent(procs, key)
-    agent.send("e = shm.event('done'); ready(); e.wait(60)")
-    agent.wait_for_line()
-    wait_until_sleeping(agent.pid)
+    sleep_in(agent, "e = shm.event('done'); ready(); e.wait(60)")
     info = subprocess.run(
         [sys.executable, "-m", "qsharedmem", "info", key.toString()],
         capture_output=True,

@@ -25,7 +25,7 @@ from qsharedmem import QSharedMemory
 from support import HELPERS_DIR
 from support.agent import Agent, start_agent
 from support.keys import KeyRegistry
-from support.notify import cpu_seconds, qkey, wait_until_sleeping
+from support.notify import cpu_seconds, qkey, sleep_in
 from support.processes import child_env
 
 ROUNDS = {"posix": 100_000, "sysv": 10_000}  # System V locks are system calls: fewer rounds
@@ -107,9 +107,7 @@ def test_an_idle_waiter_uses_no_cpu(make_key: KeyRegistry, procs: Any) -> None:
     assert shm.create(64)
     waiter = start_agent(procs, key)
     assert waiter("shm = QSharedMemory(key); shm.attach()") is True
-    waiter.send("g = shm.generation(); ready(); shm.wait_changed(g, 120)")
-    waiter.wait_for_line()
-    wait_until_sleeping(waiter.pid)
+    sleep_in(waiter, "g = shm.generation(); ready(); shm.wait_changed(g, 120)")
     before, start = cpu_seconds(waiter.pid), time.monotonic()
     time.sleep(IDLE)  # the measurement window, not a synchronisation
     used, elapsed = cpu_seconds(waiter.pid) - before, time.monotonic() - start
@@ -132,9 +130,7 @@ def test_a_notifier_killed_before_its_wake_up_still_releases_the_waiter(
     env = child_env(QSHAREDMEM_TEST_STOP_AT="notify:bumped")
     notifier = Agent(procs.start(procs.python(_agent_script(), key.toString()), env=env))
     assert notifier("shm = QSharedMemory(key); shm.attach()") is True
-    waiter.send("g = shm.generation(); ready(); shm.wait_changed(g, 60, spin=0)")
-    waiter.wait_for_line()
-    wait_until_sleeping(waiter.pid)
+    sleep_in(waiter, "g = shm.generation(); ready(); shm.wait_changed(g, 60, spin=0)")
     notifier.send("shm.notify_all()")
     line = notifier.child.wait_for_line(lambda text: text.startswith("qsharedmem-test-stop "))
     assert line.split()[1] == "notify:bumped"

@@ -19,7 +19,6 @@ that uid 65534 can stat them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable
@@ -27,23 +26,17 @@ from typing import Any
 
 import pytest
 from support.impls import KEY_TYPES, POSIX_TYPE, WINDOWS_TYPE, Impl, load_impl, type_value
-from support.keys import NOBODY, PERMISSION_KEYS, KeyRegistry, permission_test_key
+from support.keys import (
+    NOBODY,
+    PERMISSION_KEYS,
+    KeyRegistry,
+    as_nobody_child,
+    permission_test_key,
+)
 from support.processes import ChildProcesses
+from support.scenarios import Observation, Scenario, Scenarios
 
 INIT = "QSharedMemoryPrivate::initKey: unable to set key on lock "
-
-Observation = list[Any]
-Runner = Callable[[Impl, KeyRegistry, ChildProcesses], Observation]
-
-
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    id: str
-    run: Runner
-    expected: Observation  # sanity check of the PySide6 oracle (PySide6 6.12.0)
-
-    def __str__(self) -> str:
-        return self.id
 
 
 def observe(ok: Any, sm: Any) -> Observation:
@@ -61,15 +54,8 @@ def make_ipc_key(impl: Impl, keys: KeyRegistry, name: str, typ: int, legacy: boo
     return S.platformSafeKey(keys(name), impl.key_type(typ))
 
 
-SCENARIOS: list[Scenario] = []
-
-
-def scenario(id: str, expected: Observation) -> Callable[[Runner], Runner]:
-    def register(run: Runner) -> Runner:
-        SCENARIOS.append(Scenario(id, run, expected))
-        return run
-
-    return register
+SCENARIOS = Scenarios()
+scenario = SCENARIOS.register
 
 
 # ------------------------------------------------------------------------------------------------
@@ -319,21 +305,14 @@ def _unlock_not_locked(typ: int) -> None:
 # permission errors: another uid attaches to / creates over a 0600 object made by root
 
 
-PERMISSION_CHILD = r"""
-import json, os, sys
-impl, op, key = sys.argv[1:4]
-if impl == "pyside6":
-    from PySide6.QtCore import QNativeIpcKey, QSharedMemory
-else:
-    from qsharedmem import QNativeIpcKey, QSharedMemory
-uid = int(sys.argv[4])
-os.setgroups([])
-os.setgid(uid)
-os.setuid(uid)
+PERMISSION_CHILD = (
+    as_nobody_child("QSharedMemory", "op")
+    + r"""
 sm = QSharedMemory(QNativeIpcKey.fromString(key))
 ok = sm.attach() if op == "attach" else sm.create(1024)
 print(json.dumps([os.geteuid(), ok, sm.error().name, sm.errorString(), sm.isAttached()]))
 """
+)
 
 
 def _permission(label: str, op: str) -> None:

@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import os
@@ -31,13 +30,17 @@ from typing import Any
 import pytest
 from support import ROOT, sem_probe
 from support.impls import KEY_TYPES, POSIX_TYPE, WINDOWS_TYPE, Impl, load_impl, type_value
-from support.keys import NOBODY, PERMISSION_KEYS, KeyRegistry, permission_test_key
+from support.keys import (
+    NOBODY,
+    PERMISSION_KEYS,
+    KeyRegistry,
+    as_nobody_child,
+    permission_test_key,
+)
 from support.processes import ChildProcesses
+from support.scenarios import Observation, Scenario, Scenarios
 
 HANG_GUARD = 60.0  # seconds; only against hangs, nothing asserts a duration
-
-Observation = list[Any]
-Runner = Callable[[Impl, KeyRegistry, ChildProcesses], Observation]
 
 
 def _row(typ: int) -> str:
@@ -120,25 +123,8 @@ def test_constructed_keys_match_pyside6(make_key: KeyRegistry, procs: ChildProce
 # failure paths
 
 
-@dataclasses.dataclass(frozen=True)
-class Scenario:
-    id: str
-    run: Runner
-    expected: Observation  # what PySide6-Essentials 6.12.0 observes
-
-    def __str__(self) -> str:
-        return self.id
-
-
-SCENARIOS: list[Scenario] = []
-
-
-def scenario(id: str, expected: Observation) -> Callable[[Runner], Runner]:
-    def register(run: Runner) -> Runner:
-        SCENARIOS.append(Scenario(id, run, expected))
-        return run
-
-    return register
+SCENARIOS = Scenarios()
+scenario = SCENARIOS.register
 
 
 def _empty_key(typ: int) -> None:
@@ -308,17 +294,9 @@ def _negative_release(typ: int) -> None:
 
 NEGATIVE = "QSystemSemaphore::release: n is negative."
 
-PERMISSION_CHILD = r"""
-import json, os, sys
-impl, mode, key = sys.argv[1:4]
-if impl == "pyside6":
-    from PySide6.QtCore import QNativeIpcKey, QSystemSemaphore
-else:
-    from qsharedmem import QNativeIpcKey, QSystemSemaphore
-uid = int(sys.argv[4])
-os.setgroups([])
-os.setgid(uid)
-os.setuid(uid)
+PERMISSION_CHILD = (
+    as_nobody_child("QSystemSemaphore", "mode")
+    + r"""
 S = QSystemSemaphore
 sem = S(QNativeIpcKey.fromString(key), 1, S.Create if mode == "Create" else S.Open)
 out = [os.geteuid(), sem.error().name, sem.errorString()]
@@ -328,6 +306,7 @@ ok = sem.release()
 out += [ok, sem.error().name, sem.errorString()]
 print(json.dumps(out))
 """
+)
 
 
 def _permission(label: str, mode: str) -> None:

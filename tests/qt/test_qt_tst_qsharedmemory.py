@@ -48,6 +48,7 @@ from support.impls import POSIX_TYPE, SYSV_TYPE, WINDOWS_TYPE, Impl, type_value
 from support.ipc import DEV_SHM
 from support.keys import KeyRegistry
 from support.processes import PRODUCER_CONSUMER
+from support.qt_tst import QtTst
 
 EXISTING_SIZE = 1024
 HELPER_TIMEOUT = 60.0  # hang guards only; nothing asserts a duration
@@ -83,30 +84,17 @@ def qt_remove(key: Any) -> None:
     os.unlink(native)
 
 
-class Tst:
+class Tst(QtTst):
     """The tst_QSharedMemory object: Qt's helpers and its init()/cleanup()."""
 
     def __init__(self, impl: Impl, key_type: Any, registry: KeyRegistry) -> None:
-        self.impl = impl
-        self.S = impl.QSharedMemory
+        shm = impl.QSharedMemory
+        super().__init__(impl, shm, shm.SharedMemoryError, key_type, registry)
         self.K = impl.QNativeIpcKey
-        self.E = impl.QSharedMemory.SharedMemoryError
-        self.AccessMode = impl.QSharedMemory.AccessMode
-        self.key_type = key_type
-        self.registry = registry
+        self.AccessMode = shm.AccessMode
         self.keys: list[Any] = []
         self.jail: list[Any] = []
         self.existing: Any = None
-
-    @property
-    def is_posix(self) -> bool:
-        return type_value(self.key_type) == POSIX_TYPE
-
-    def mangle(self, key: str) -> str:
-        return self.registry.name(key)
-
-    def platform_safe_key(self, key: str) -> Any:
-        return self.S.platformSafeKey(self.mangle(key), self.key_type)
 
     def remember_key(self, key: str) -> Any:
         ipc_key = self.platform_safe_key(key)
@@ -147,10 +135,7 @@ class Tst:
 
 @pytest.fixture
 def tst(impl: Impl, key_type: Any, make_key: KeyRegistry):
-    t = Tst(impl, key_type, make_key)
-    t.init()
-    yield t
-    t.cleanup()
+    yield from Tst(impl, key_type, make_key).around_test()
 
 
 def posix_path(key: Any):
@@ -169,8 +154,7 @@ def test_constructor(tst: Tst) -> None:
     assert sm.nativeKey() == ""
     assert sm.nativeIpcKey() == tst.K()
     assert sm.size() == 0
-    assert sm.error() == tst.E.NoError
-    assert sm.errorString() == ""
+    tst.assert_no_error(sm)
     # QCOMPARE(sm.key(), QString()): PySide6 gives a null QString as "".
     assert sm.key() == ""
 
@@ -190,8 +174,7 @@ NATIVE_KEY_ROWS = [
 
 def _assert_detached_no_error(tst: Tst, sm: Any) -> None:
     assert sm.isAttached() is False
-    assert sm.error() == tst.E.NoError
-    assert sm.errorString() == ""
+    tst.assert_no_error(sm)
     assert sm.data() is None
     assert sm.size() == 0
     assert sm.detach() is False

@@ -32,33 +32,21 @@ from typing import Any
 
 import pytest
 from support import sem_probe
-from support.impls import POSIX_TYPE, Impl, type_value
+from support.impls import Impl, type_value
 from support.keys import KeyRegistry
 from support.processes import ACQUIRE_RELEASE, ChildProcesses
+from support.qt_tst import QtTst
 
 HELPER_TIMEOUT = 60.0  # hang guards only; nothing asserts a duration
 
 
-class Tst:
+class Tst(QtTst):
     """The tst_QSystemSemaphore object: Qt's helpers and its init()/cleanup()."""
 
     def __init__(self, impl: Impl, key_type: Any, registry: KeyRegistry) -> None:
-        self.impl = impl
-        self.S = impl.QSystemSemaphore
-        self.E = impl.QSystemSemaphore.SystemSemaphoreError
-        self.key_type = key_type
-        self.registry = registry
+        sem = impl.QSystemSemaphore
+        super().__init__(impl, sem, sem.SystemSemaphoreError, key_type, registry)
         self.existing_lock: Any = None
-
-    @property
-    def is_posix(self) -> bool:
-        return type_value(self.key_type) == POSIX_TYPE
-
-    def mangle(self, key: str) -> str:
-        return self.registry.name(key)
-
-    def platform_safe_key(self, key: str) -> Any:
-        return self.S.platformSafeKey(self.mangle(key), self.key_type)
 
     def init(self) -> None:
         self.existing_lock = self.S(self.platform_safe_key("existing"), 1, self.S.Create)
@@ -70,10 +58,7 @@ class Tst:
 
 @pytest.fixture
 def tst(impl: Impl, key_type: Any, make_key: KeyRegistry):
-    t = Tst(impl, key_type, make_key)
-    t.init()
-    yield t
-    t.cleanup()
+    yield from Tst(impl, key_type, make_key).around_test()
     # Beyond Qt: every semaphore was owned by an object of this test (Create, or Open on a new
     # key) or by nobody; the owners are gone, so nothing may be left.
     assert make_key.leftovers() == []
@@ -105,13 +90,11 @@ def test_nativeKey(tst: Tst, constructor_key: str, set_key: str) -> None:
 
     sem = tst.S(constructor_ipc_key)
     assert sem.nativeIpcKey() == constructor_ipc_key
-    assert sem.error() == tst.E.NoError
-    assert sem.errorString() == ""
+    tst.assert_no_error(sem)
 
     sem.setNativeKey(set_ipc_key)
     assert sem.nativeIpcKey() == set_ipc_key
-    assert sem.error() == tst.E.NoError
-    assert sem.errorString() == ""
+    tst.assert_no_error(sem)
 
     # change the key type
     next_key_type = tst.impl.next_key_type(set_ipc_key.type())
@@ -130,13 +113,11 @@ def test_legacyKey(tst: Tst, constructor_key: str, set_key: str) -> None:
 
     sem = tst.S(constructor_key)
     assert sem.key() == constructor_key
-    assert sem.error() == tst.E.NoError
-    assert sem.errorString() == ""
+    tst.assert_no_error(sem)
 
     sem.setKey(set_key)
     assert sem.key() == set_key
-    assert sem.error() == tst.E.NoError
-    assert sem.errorString() == ""
+    tst.assert_no_error(sem)
 
 
 def test_changeKeyType(tst: Tst) -> None:
@@ -164,8 +145,7 @@ def test_basicacquire(tst: Tst) -> None:
     assert sem.acquire()
     assert sem.error() == tst.E.NoError
     assert sem.release()
-    assert sem.error() == tst.E.NoError
-    assert sem.errorString() == ""
+    tst.assert_no_error(sem)
 
 
 def test_complexacquire(tst: Tst) -> None:
@@ -177,8 +157,7 @@ def test_complexacquire(tst: Tst) -> None:
     assert sem_probe.value(key) == 0  # beyond Qt: both tokens are taken
     for _ in range(2):
         assert sem.release()
-        assert sem.error() == tst.E.NoError
-    assert sem.errorString() == ""
+        tst.assert_no_error(sem)
 
 
 def test_release(tst: Tst) -> None:
@@ -186,8 +165,7 @@ def test_release(tst: Tst) -> None:
     sem = tst.S(key, 0, tst.S.Create)
     for op in ("release", "release", "acquire", "acquire", "release", "release"):
         assert getattr(sem, op)()
-        assert sem.error() == tst.E.NoError
-    assert sem.errorString() == ""
+        tst.assert_no_error(sem)
     assert sem_probe.value(key) == 2  # beyond Qt
 
 

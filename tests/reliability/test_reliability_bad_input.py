@@ -439,30 +439,22 @@ for _op in ("create", "attach"):
             "Qt cuts the key file's path at the NUL",
         ),
     )
-    _key_row(
-        "a POSIX key '/..'",
-        native("/.."),
-        _op,
-        [False, "KeyError", "QSharedMemory::attach (shm_open): bad name"],
-        SAME
-        if _op == "attach"
-        else Differs(
-            [False, "AlreadyExists", "QSharedMemory::attach (shm_open): already exists"],
-            "Qt tries to create /dev/shm/.. (which is /dev) and reports that it exists",
-        ),
-    )
-    _key_row(
-        "a POSIX key '/.'",
-        native("/."),
-        _op,
-        [False, "KeyError", "QSharedMemory::attach (shm_open): bad name"],
-        SAME
-        if _op == "attach"
-        else Differs(
-            [False, "AlreadyExists", "QSharedMemory::attach (shm_open): already exists"],
-            "Qt tries to create /dev/shm/. (the directory itself) and reports that it exists",
-        ),
-    )
+    for _name, _dir in (
+        ("/..", "/dev/shm/.. (which is /dev)"),
+        ("/.", "/dev/shm/. (the directory itself)"),
+    ):
+        _key_row(
+            f"a POSIX key '{_name}'",
+            native(_name),
+            _op,
+            [False, "KeyError", "QSharedMemory::attach (shm_open): bad name"],
+            SAME
+            if _op == "attach"
+            else Differs(
+                [False, "AlreadyExists", "QSharedMemory::attach (shm_open): already exists"],
+                f"Qt tries to create {_dir} and reports that it exists",
+            ),
+        )
 
 _key_row(
     "a legacy key with a NUL (hashed: no aliasing)",

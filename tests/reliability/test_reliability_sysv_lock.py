@@ -153,6 +153,21 @@ def _make_uninitialised_set(key_file: Path, count: int) -> int:
     return semid
 
 
+def assert_usable_once_more(procs: ChildProcesses, name: str, then: str = "") -> None:
+    """A new process creates the segment ``name`` and locks it at once (no owner died), unlocks
+    and detaches; then runs ``then``."""
+    result = procs.run_python(
+        "import sys; from qsharedmem import QSharedMemory as S\n"
+        "s = S(sys.argv[1])\n"
+        "assert s.create(64), s.errorString()\n"
+        "assert s.lock(timeout=5) and not s.lockOwnerDied()\n"
+        "assert s.unlock() and s.detach()\n" + then,
+        name,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 @pytest.mark.parametrize(
     "count",
     [
@@ -173,19 +188,13 @@ def test_a_set_whose_creator_died_before_initialising_it_is_initialised_by_the_n
         # Qt's own creator would have set the value by now (it does so right after semget):
         # a set this old with the lock taken and no semop ever done was left behind.
         time.sleep(2.1)
-    result = procs.run_python(
-        "import sys; from qsharedmem import QSharedMemory as S\n"
-        "s = S(sys.argv[1])\n"
-        "assert s.create(64), s.errorString()\n"
-        "assert s.lock(timeout=5) and not s.lockOwnerDied()\n"
-        "assert s.unlock() and s.detach()\n"
+    assert_usable_once_more(
+        procs,
+        name,
         "t = S(sys.argv[1])\n"
         "assert t.create(64), t.errorString()\n"
         "assert t.lock(timeout=5) and t.unlock() and t.detach()\n",
-        name,
-        timeout=30,
     )
-    assert result.returncode == 0, result.stderr
     assert make_key.leftovers(name) == []
 
 
@@ -201,16 +210,7 @@ def test_a_creator_killed_between_semget_and_initialisation_does_not_lock_the_ke
     marker = victim.wait_for_line(lambda line: line.startswith(STOP_MARK))
     assert marker == f"{STOP_MARK}lock-set:created {victim.pid}"
     victim.kill()
-    result = procs.run_python(
-        "import sys; from qsharedmem import QSharedMemory as S\n"
-        "s = S(sys.argv[1])\n"
-        "assert s.create(64), s.errorString()\n"
-        "assert s.lock(timeout=5) and not s.lockOwnerDied()\n"
-        "assert s.unlock() and s.detach()\n",
-        name,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
+    assert_usable_once_more(procs, name)
     assert make_key.leftovers(name) == []
 
 

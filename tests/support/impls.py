@@ -123,3 +123,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(params=list(KEY_TYPES))
 def key_type(request: pytest.FixtureRequest, impl: Impl) -> Any:
     return impl.key_type(request.param)
+
+
+def qsharedmem_only(key_prefix: str) -> tuple[Any, Any]:
+    """The ``impl`` and ``key`` fixtures of a module that tests qsharedmem alone (with every key
+    type): ``impl`` overrides the two-implementation fixture (so ``key_type`` gives qsharedmem's
+    members), ``key`` is a platform-safe key of the test's key type, named after ``key_prefix``.
+
+    In the module: ``impl, key = qsharedmem_only("api")``."""
+
+    @pytest.fixture
+    def impl() -> Impl:
+        return load_impl("qsharedmem")
+
+    @pytest.fixture
+    def key(impl: Impl, key_type: Any, make_key: Any) -> Any:
+        return impl.QSharedMemory.platformSafeKey(make_key(key_prefix), key_type)
+
+    return impl, key

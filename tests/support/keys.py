@@ -206,6 +206,24 @@ PERMISSION_KEYS: dict[str, tuple[int, bool]] = {
 }
 
 
+def as_nobody_child(ipc_class: str, arg: str) -> str:
+    """The start of a child program for the permission tests: reads ``impl``, ``arg`` and the
+    key string from ``sys.argv[1:4]``, imports ``QNativeIpcKey`` and ``ipc_class`` from that
+    implementation, and becomes the uid in ``sys.argv[4]`` (``NOBODY``)."""
+    return f"""
+import json, os, sys
+impl, {arg}, key = sys.argv[1:4]
+if impl == "pyside6":
+    from PySide6.QtCore import QNativeIpcKey, {ipc_class}
+else:
+    from qsharedmem import QNativeIpcKey, {ipc_class}
+uid = int(sys.argv[4])
+os.setgroups([])
+os.setgid(uid)
+os.setuid(uid)
+"""
+
+
 def permission_test_key(ipc_class: Any, impl: Impl, keys: KeyRegistry, label: str) -> Any:
     """The key of a ``PERMISSION_KEYS`` row for ``ipc_class`` (QSharedMemory/QSystemSemaphore)."""
     typ, legacy = PERMISSION_KEYS[label]

@@ -4,6 +4,9 @@
 * :func:`wait_until_sleeping` polls ``/proc`` until a process's thread sleeps in the kernel
   (after a READY handshake: then it can only be the wait under test). A poll of the OS, not a
   timed sleep.
+* :func:`sleep_in` has an agent run a command that signals READY and then waits, and returns
+  once the agent sleeps in that wait.
+* :func:`interrupt_wait` stops an agent's endless wait with Ctrl-C (SIGINT) once it sleeps in it.
 * :func:`cpu_seconds` reads a process's utime + stime from ``/proc/<pid>/stat``.
 * :func:`notify_block` is the ``/dev/shm`` file of a System V segment's notify block.
 """
@@ -11,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,7 @@ from typing import Any
 import pytest
 import qsharedmem
 
+from support.agent import Agent, AgentError
 from support.impls import POSIX_TYPE, SYSV_TYPE
 from support.ipc import DEV_SHM, sysv_segment
 from support.keys import KeyRegistry
@@ -46,6 +51,23 @@ def wait_until_sleeping(pid: int, timeout: float = TIMEOUT) -> None:
             return
         event.wait(0.001)
     pytest.fail(f"process {pid} never slept")
+
+
+def sleep_in(agent: Agent, command: str) -> None:
+    """Sends ``command`` (which calls ``ready()`` and then waits); returns once the agent sleeps
+    in that wait (its result is for ``agent.result()``)."""
+    agent.send(command)
+    agent.wait_for_line()
+    wait_until_sleeping(agent.pid)
+
+
+def interrupt_wait(agent: Agent, command: str) -> None:
+    """:func:`sleep_in`, then SIGINT: the command must end with ``KeyboardInterrupt``."""
+    sleep_in(agent, command)
+    os.kill(agent.pid, signal.SIGINT)
+    with pytest.raises(AgentError) as raised:
+        agent.result()
+    assert raised.value.kind == "KeyboardInterrupt", raised.value
 
 
 def cpu_seconds(pid: int) -> float:
