@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
 
 # Before anything can import PySide6 (test modules are imported after conftest).
@@ -22,5 +23,12 @@ os.environ["QT_QPA_PLATFORM"] = "offscreen"
 # so give None enough references to outlive the whole suite (None is immortal from 3.12 on).
 if sys.version_info < (3, 12):
     ctypes.c_ssize_t.from_address(id(None)).value += 1 << 30
+
+# A shell starts a background job (`make test &`, nohup, some CI runners) with SIGINT ignored,
+# and an ignored signal stays ignored in every child, where Python then installs no
+# KeyboardInterrupt handler: the Ctrl-C tests would test nothing but that. Python's own handler,
+# as an interactive start would have it; forked children inherit it, exec'd ones get the default.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 pytest_plugins = ["support.impls", "support.keys", "support.leaks", "support.processes"]
