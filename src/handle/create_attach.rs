@@ -13,7 +13,7 @@ use crate::error::{Error, ErrorKind};
 use crate::lock::posix_sem::PosixSemaphore;
 use crate::segment::posix::{self as posix_segment, SemaphoreFile};
 use crate::segment::{
-    registry, sysv as sysv_segment, AccessMode, Attachment, Failure, Permissions,
+    registry, sysv as sysv_segment, AccessMode, Attachment, Failure, Permissions, Step,
 };
 use crate::sys::{process, Errno};
 use crate::testpoint;
@@ -44,6 +44,7 @@ impl Handle {
                 project_id,
                 semaphore,
                 lock_is_new,
+                ..
             } => {
                 drop(state);
                 let mut taken =
@@ -175,6 +176,17 @@ impl Handle {
         }
         match self.init_key(&mut state, false)? {
             Prepared::SysV {
+                key_file_was_gone: true,
+                ..
+            } => Err(self.record(
+                &mut state,
+                segment_error(
+                    Op::Attach,
+                    Family::SysV,
+                    Failure::Os(Step::Ftok, Errno::ENOENT),
+                ),
+            )),
+            Prepared::SysV {
                 project_id,
                 semaphore,
                 ..
@@ -191,14 +203,10 @@ impl Handle {
                 let native_key = state.key.native_key().to_owned();
                 let result = sysv_segment::attach(&native_key, project_id, mode, &semaphore)
                     .inspect(|_| testpoint::step("attach:attached"));
-                if result.is_err()
-                    && semaphore.owns_semaphore()
-                    && !sysv_segment::segment_exists(&native_key, project_id)
-                {
-                    // We made the lock for a segment that does not exist: take it away
-                    // again (we hold it, so nobody is inside).
-                    semaphore.remove();
-                }
+                // A lock set made for a segment that does not exist stays with the handle, as
+                // Qt's does: `lock()` after a failed `attach()` then works (the idiom "attach
+                // fails → lock() → create()"), and the handle's teardown removes the set if no
+                // segment came to need it.
                 unlock_internally(taken);
                 if !semaphore.is_open() {
                     state.semaphore = None;

@@ -133,10 +133,11 @@ impl Handle {
             self.fast.owner_died.store(false, Ordering::Relaxed);
         }
         if let Some(key) = key {
-            let key_type = key.key_type();
-            if self.set_native_key(key).is_err() {
-                self.state().key = NativeIpcKey::new(String::new(), key_type);
-            }
+            // Qt builds the handle for the key's type, with an empty key of that type: an empty
+            // key of it (even of an unsupported type) then changes nothing and is no error, and
+            // a rejected key leaves that empty key.
+            self.state().key = NativeIpcKey::empty(key.key_type());
+            let _ = self.set_native_key(key);
         }
     }
 

@@ -27,6 +27,9 @@ pub(super) enum Prepared {
         semaphore: Arc<SysVSemaphore>,
         /// This very call made the lock set: no segment anyone made the Qt way belongs to it.
         lock_is_new: bool,
+        /// The key file was gone before this call made it again for the lock: `attach()` then
+        /// fails as Qt's does (see the comment where it is decided).
+        key_file_was_gone: bool,
     },
 }
 
@@ -212,6 +215,15 @@ impl Handle {
                 let reusable = matches!(&state.semaphore, Some(Semaphore::SysV(s))
                     if s.native_key() == sem_key && !sem_key.is_empty());
                 let mut lock_is_new = false;
+                // Qt keeps the lock set of a key once it has one: its last detach removes the
+                // segment and the key file, not the set, and neither does a key file removed
+                // by someone else. Its next attach() then finds no key file ("handle: doesn't
+                // exist"), whereas ours, whose set went with the segment, would make the file
+                // again for a new set (new System V keys share one file). The error stays
+                // Qt's; lock() still works, as with Qt's kept set.
+                let key_file_was_gone = (reusable || state.previous.is_some())
+                    && state.key.legacy_key().is_none()
+                    && !std::path::Path::new(&sem_key).exists();
                 if !reusable {
                     let old = self.take_semaphore(state);
                     cleanup_semaphore(old);
@@ -240,6 +252,7 @@ impl Handle {
                     project_id,
                     semaphore: Arc::clone(semaphore),
                     lock_is_new,
+                    key_file_was_gone,
                 }
             }
             Backend::Posix => {

@@ -178,10 +178,7 @@ impl Handle {
     #[must_use]
     pub fn with_key(key: NativeIpcKey) -> Self {
         let handle = Self::new();
-        // Qt builds the handle for the key's type, with an empty key of that type: setting
-        // an empty key of it (even of an unsupported type) then changes nothing.
-        handle.state().key = NativeIpcKey::new(String::new(), key.key_type());
-        let _ = handle.set_native_key(key);
+        handle.reset(Some(key));
         handle
     }
 
