@@ -310,7 +310,14 @@ pub(crate) fn remove_if_unused(
             let _ = sysv::shm_remove(shmid);
             sysv_notify::remove(shmid);
             testpoint::step("detach:removed");
-            remove_key_file_and_lock(key_file, lock);
+            if key_in_use(key_file, project_id) {
+                // The key file was removed while we were attached and a new segment made it
+                // again: the file and its lock are the new segment's now. Only our old set,
+                // which no key leads to any more, goes.
+                lock.remove_set_unless_keyed();
+            } else {
+                remove_key_file_and_lock(key_file, lock);
+            }
         }
         // Already destroyed: its key was removed (`remove()`, or `ipcrm`) while we were
         // attached, and our detach was the last one. The key file and the lock were left for

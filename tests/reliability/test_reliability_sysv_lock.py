@@ -140,6 +140,38 @@ def test_a_process_preempted_in_semget_while_the_key_is_recreated_waits_for_the_
     assert creator.detach()
 
 
+def test_the_last_detach_of_a_segment_whose_key_file_was_made_again_leaves_the_new_one_alone(
+    make_key: KeyRegistry, tmp_path: Path
+):
+    """Someone removes a System V key file while A is attached, and B creates a new segment
+    under the same name (a new file, so a new IPC key). A's last detach removes A's segment and
+    A's lock set, but not the key file: it is B's now, and without it nobody can attach to B."""
+    key_file = tmp_path / make_key("remade")
+    key = qsharedmem.QNativeIpcKey(str(key_file), qsharedmem.QNativeIpcKey.Type.SystemV)
+    a = S(key)
+    assert a.create(64), a.errorString()
+    a.data()[:4] = b"old!"
+    # Keep the old inode alive, so that the new key file gets another one (another IPC key).
+    old_inode = tmp_path / "old-key-file"
+    os.link(key_file, old_inode)
+    key_file.unlink()
+    b = S(key)
+    assert b.create(64), b.errorString()
+    b.data()[:4] = b"new!"
+    assert sysv_objects_for_file(old_inode) != [], "A's segment and lock set exist"
+    assert a.detach(), a.errorString()
+    assert key_file.exists(), "A's last detach removed the key file of B's segment"
+    assert sysv_objects_for_file(old_inode) == [], "A's segment or lock set is left behind"
+    c = S(key)
+    assert c.attach(), c.errorString()
+    assert bytes(c.data()[:4]) == b"new!"
+    assert c.lock(), c.errorString()
+    assert c.unlock()
+    assert c.detach() and b.detach()
+    assert not key_file.exists()
+    old_inode.unlink()
+
+
 # --------------------------------------------------------------------------------------------
 # Item 2: a creator killed before it initialised the set
 

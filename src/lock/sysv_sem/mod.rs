@@ -580,6 +580,19 @@ impl SysVSemaphore {
         }
     }
 
+    /// Removes the set unless it is the one its key file's current key leads to (someone
+    /// made the key file again and this handle opened the set of the new file): a set of a
+    /// removed key file is reachable by nobody else, and would stay behind for ever.
+    pub(crate) fn remove_set_unless_keyed(&self) {
+        let id = self.semid.load(Ordering::Acquire);
+        let keyed = sysv::ftok(&self.key_file, self.project_id)
+            .and_then(|key| sysv::sem_open(key, 0))
+            .is_ok_and(|current| current == id);
+        if !keyed {
+            self.remove_set();
+        }
+    }
+
     /// Whether this object created the set (so that, by Qt's rules, it cleans it up).
     pub(crate) fn owns_semaphore(&self) -> bool {
         self.created_semaphore.load(Ordering::Relaxed)
