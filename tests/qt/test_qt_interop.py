@@ -14,15 +14,17 @@ Each key is either derived by both sides from the same name (``derived``), or de
 creator and handed to the other side as ``toString()`` → ``fromString()`` (``toString``).
 
 Scenarios (the numbers of the issue): 1. Qt creates, qsharedmem reads/writes (ReadWrite and
-ReadOnly); 2. qsharedmem creates, Qt reads/writes (Qt sees a larger ``size()`` for our POSIX
-segments); 3. mutual exclusion — concurrent locked increments by Qt and qsharedmem processes add
-up exactly, ``lock(timeout=)`` times out while Qt holds the lock and Qt's ``lock()`` waits for
-ours (System V keys and Qt-made POSIX segments only: the lock of qsharedmem's own POSIX segments
-is a mutex Qt does not know, a documented limitation pinned by one test here); 4. lifecycle —
-for System V whoever detaches last removes the segment, Qt's leaked POSIX segments are usable
-and never unlinked by us; 5. a SIGKILLed lock holder on either side does not block the other
-(System V, ``SEM_UNDO``); 6. Qt's errors on segments qsharedmem owns are the ones Qt reports for
-its own.
+ReadOnly); 2. qsharedmem creates, Qt reads/writes (Qt sees exactly our size: a Qt program that
+fills all of ``size()`` leaves our lock and size intact); 3. mutual exclusion, for every key
+kind whoever creates the segment — concurrent locked increments by two Qt and two qsharedmem
+processes add up exactly, ``lock(timeout=)`` times out while Qt holds the lock and Qt's
+``lock()`` waits for ours (on POSIX we take Qt's named semaphore after our robust mutex); 4.
+lifecycle — for System V whoever detaches last removes the segment, Qt's leaked POSIX segments
+are usable and never unlinked by us; 5. a SIGKILLed lock holder: a dead Qt holder does not
+block us on System V (``SEM_UNDO``) and keeps Qt's POSIX semaphore (Qt's limit: our timeout
+bounds the wait); a dead qsharedmem holder lets a waiting Qt in at once on System V, and on
+POSIX as soon as the next qsharedmem ``lock()`` has seen the death and given Qt's token back;
+6. Qt's errors on segments qsharedmem owns are the ones Qt reports for its own.
 
 Also here: regression tests of two core fixes found with these peers (re-attaching to a leaked
 Qt POSIX segment kept a lock Qt could no longer find; a qsharedmem creator leaving before a Qt
@@ -364,7 +366,7 @@ def test_qsharedmem_creates_qt_attaches_and_shares_the_bytes(
 # --------------------------------------------------------------------------------------------
 # 3. Mutual exclusion between Qt and qsharedmem processes
 
-INCREMENTS = 1500
+INCREMENTS = 5000  # per process: 20,000 locked increments by 4 processes in all
 
 
 @pytest.mark.parametrize(("kind", "creator"), SHARED_LOCK, ids=SHARED_LOCK_IDS)
@@ -627,6 +629,88 @@ def test_qsharedmem_killed_holding_the_lock_does_not_block_qt(
     assert pair.shm.lockOwnerDied() == (creator == "qsharedmem")
     assert bytes(pair.shm.constData()[:1]) == b"Q"
     assert pair.shm.unlock()
+
+
+@pytest.mark.parametrize("creator", SIDES)
+@pytest.mark.parametrize("kind", SYSV_KINDS)
+def test_qsharedmem_killed_holding_the_lock_while_qt_waits_lets_qt_in_at_once(
+    peers: Peers, kind: str, creator: str
+) -> None:
+    """System V: the kernel undoes the dead holder's semop, and the waiting Qt process gets in
+    without any other process doing anything."""
+    pair = make_pair(peers, kind, creator)
+    victim = peers.start(pair.keying.spec(), "qsharedmem")
+    victim.ok("attach")
+    victim.ok("lock")
+    pair.qt.send("lock")
+    pair.qt.agent.wait_started("lock")
+    assert pair.qt.child.silent_for(0.3)  # Qt waits for the victim
+    victim.child.kill()
+    assert pair.qt.reply().r is True
+    pair.qt.ok("unlock")
+
+
+@pytest.mark.parametrize("creator", SIDES)
+def test_qsharedmem_killed_holding_a_posix_lock_while_qt_waits_lets_qt_in_after_our_next_lock(
+    peers: Peers, creator: str
+) -> None:
+    """POSIX: Qt's named semaphore has no undo, so the dead qsharedmem holder's token stays
+    taken and Qt waits on; the next qsharedmem lock() sees the owner death in the robust mutex,
+    gives the token back and takes it again. Qt gets in then (before or after us: we do not
+    care which, only that both do)."""
+    pair = make_pair(peers, "posix", creator)
+    shm, qt = pair.shm, pair.qt
+    victim = peers.start(pair.keying.spec(), "qsharedmem")
+    victim.ok("attach")
+    victim.ok("lock")
+    qt.send("lock")
+    qt.send("write", 0, b"Q".hex())
+    qt.send("unlock")
+    qt.agent.wait_started("lock")
+    victim.child.kill()
+    assert qt.child.silent_for(0.5)  # nothing gives the dead holder's token back to Qt yet
+    assert shm.lock(timeout=30), shm.errorString()
+    assert shm.lockOwnerDied()
+    assert shm.unlock()
+    assert [qt.reply().r for _ in range(3)] == [True, True, True]  # lock, write, unlock
+    assert shm.lock(timeout=30), shm.errorString()
+    assert not shm.lockOwnerDied()
+    assert bytes(shm.constData()[:1]) == b"Q"
+    assert shm.unlock()
+    qt.ok("lock")  # and the token is back where it belongs: Qt can take it again
+    qt.ok("unlock")
+
+
+@pytest.mark.parametrize("passing", PASSINGS)
+def test_qt_filling_all_of_size_of_our_posix_segment_leaves_our_lock_and_size_intact(
+    peers: Peers, passing: str
+) -> None:
+    """Qt sees exactly the size we created (no control page after the data), so a Qt program
+    that writes every byte of size() writes only the user's bytes: our lock still works, and a
+    new attach, Qt's or ours, sees the same size."""
+    pair = make_pair(peers, "posix", "qsharedmem", passing)
+    shm, qt = pair.shm, pair.qt
+    assert qt.call("size") == SIZE
+    assert pair.keying.posix_path().stat().st_size == SIZE
+    qt.ok("lock")
+    assert qt.call("fill", 0xA5) == SIZE
+    qt.ok("unlock")
+    assert shm.lock(timeout=30), shm.errorString()
+    assert not shm.lockOwnerDied()
+    assert shm.size() == SIZE
+    assert bytes(shm.constData()) == b"\xa5" * SIZE
+    assert shm.unlock()
+    newcomer = pair.keying.qsm(qt.key_string if passing == "toString" else None)
+    assert newcomer.attach(), newcomer.errorString()
+    assert newcomer.size() == SIZE
+    with with_lock(newcomer):
+        newcomer.data()[:1] = b"!"
+    assert newcomer.detach()
+    late_qt = peers.start(pair.keying.spec())
+    late_qt.ok("attach")
+    assert late_qt.call("size") == SIZE
+    assert late_qt.read(0, 2) == b"!\xa5"
+    assert late_qt.leave() == 0
 
 
 def test_qt_killed_holding_a_posix_lock_keeps_it_and_lock_timeout_bounds_the_wait(
