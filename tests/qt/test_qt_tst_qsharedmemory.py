@@ -24,7 +24,8 @@ assertion, with a pointer to the deliberate difference (SPEC.md / qt-semantics.m
 * PySide6 holds the GIL inside ``lock()``/``attach()``/``create()``/``detach()`` (qsharedmem
   releases it, SPEC §5): see ``test_simpleThreadedProducerConsumer``.
 
-Not ported: ``attachTooMuch`` (``QSKIP("disabled")`` in Qt).
+``attachTooMuch`` is ``QSKIP("disabled")`` in Qt (it would attach until the machine gives up); it
+is ported with a bounded child process, as ``useTooMuchMemory`` is.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import pytest
 from support.impls import POSIX_TYPE, SYSV_TYPE, WINDOWS_TYPE, Impl, type_value
 from support.ipc import DEV_SHM
 from support.keys import KeyRegistry
-from support.processes import PRODUCER_CONSUMER
+from support.processes import PRODUCER_CONSUMER, child_env
 from support.qt_tst import QtTst
 
 EXISTING_SIZE = 1024
@@ -435,7 +436,21 @@ TOO_MUCH_LIMIT = 128 * 1024 * 1024
 TOO_MUCH_NOFILE = 256
 TOO_MUCH_CAP = 1000  # safety valve: reaching it fails the test ("the kernel never stopped us")
 
-TOO_MUCH_CHILD = r"""
+# The end of both resource-exhausting children: tst_QSharedMemory::cleanup() for their ``keys``
+# (the handles are gone by then), and the report.
+CHILD_CLEANUP = r"""
+for key in keys:
+    sm = QSharedMemory(key)
+    if not sm.create(1024):
+        sm.attach()
+        sm.detach()
+    del sm
+    remove(key)
+print(json.dumps(result), flush=True)
+"""
+
+TOO_MUCH_CHILD = (
+    r"""
 import ctypes, json, os, resource, sys
 
 LIMIT, NOFILE, CAP = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
@@ -511,32 +526,44 @@ def useTooMuchMemory():
 
 
 useTooMuchMemory()
-# tst_QSharedMemory::cleanup()
 jail.clear()
-for key in keys:
-    sm = QSharedMemory(key)
-    if not sm.create(1024):
-        sm.attach()
-        sm.detach()
-    del sm
-    remove(key)
-print(json.dumps(result), flush=True)
 """
+    + CHILD_CLEANUP
+)
 
 
-def test_useTooMuchMemory(tst: Tst, procs) -> None:
+def run_exhausting_child(
+    tst: Tst, procs: Any, code: str, *limits: int, **kw: Any
+) -> tuple[Any, dict[str, Any]]:
+    """Run a resource-exhausting child (argv: implementation, key prefix, key type, limits);
+    its result and the report it printed last ({} if it printed nothing)."""
     result = procs.run_python(
-        TOO_MUCH_CHILD,
+        code,
         tst.impl.name,
         tst.registry.prefix,
         str(type_value(tst.key_type)),
-        str(TOO_MUCH_LIMIT),
-        str(TOO_MUCH_NOFILE),
-        str(TOO_MUCH_CAP),
+        *map(str, limits),
         timeout=120,
+        **kw,
     )
     lines = result.stdout.strip().splitlines()
-    report = json.loads(lines[-1]) if lines else {}
+    return result, json.loads(lines[-1]) if lines else {}
+
+
+def assert_the_failed_handle_is_empty(report: dict[str, Any]) -> None:
+    """Qt's checks on the handle whose create() or attach() ran out of resources."""
+    assert report["attached"] is False, report
+    assert report["key_unchanged"] is True, report
+    assert report["size"] == 0, report
+    assert report["data_is_none"] is True, report
+    assert report["errorString"] != "", report
+    assert report["detach"] is False, report
+
+
+def test_useTooMuchMemory(tst: Tst, procs) -> None:
+    result, report = run_exhausting_child(
+        tst, procs, TOO_MUCH_CHILD, TOO_MUCH_LIMIT, TOO_MUCH_NOFILE, TOO_MUCH_CAP
+    )
     # register the key names the child used, for the cleanup of their key files
     for n in range(report.get("count", TOO_MUCH_CAP)):
         tst.mangle(f"maxmemorytest_{n}")
@@ -548,16 +575,102 @@ def test_useTooMuchMemory(tst: Tst, procs) -> None:
     assert not report.get("cap_reached"), f"the kernel never refused a segment: {report}"
     assert not report.get("not_attached"), report  # QVERIFY(sm->isAttached()) on success
     assert report["created"] >= 1, report
-    # the failing object
-    assert report["attached"] is False
-    assert report["key_unchanged"] is True
-    assert report["size"] == 0
-    assert report["data_is_none"] is True
+    assert_the_failed_handle_is_empty(report)
     # "Linux won't return OutOfResources if there are not enough semaphores to use."
     assert report["error"] in ("OutOfResources", "LockError"), report
-    assert report["errorString"] != ""
     assert report["attach"] is False
-    assert report["detach"] is False
+
+
+# Qt's attachTooMuch (disabled in Qt: unbounded) attaches new handles to one segment until an
+# attach fails. Bounded here, in a child: RLIMIT_NOFILE = 64 for POSIX (every attachment keeps
+# descriptors open, Qt's and ours, so attach fails with EMFILE), RLIMIT_AS = what the child has
+# mapped + 8 MiB for System V (every shmat maps at least one page, so it fails with ENOMEM).
+# The handles are made before the limit is set, and the child's Python objects come from a
+# malloc heap padded in advance, so that the first allocation to fail is the attach's mapping
+# or descriptor, not an object the test needs. Qt's body otherwise runs unchanged.
+ATTACH_TOO_MUCH_CAP = 5000  # safety valve: reaching it fails the test
+ATTACH_TOO_MUCH_CHILD = (
+    r"""
+import json, resource, sys
+
+impl, prefix, type_value, cap = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if impl == "pyside6":
+    from PySide6.QtCore import QSharedMemory, QNativeIpcKey
+else:
+    from qsharedmem import QSharedMemory, QNativeIpcKey
+from qt.test_qt_tst_qsharedmemory import qt_remove as remove  # tests/ is on the path
+
+keyType = QNativeIpcKey.Type(type_value)
+E = QSharedMemory.SharedMemoryError
+nativeKey = QSharedMemory.platformSafeKey(prefix + "government", keyType)
+remove(nativeKey)  # rememberKey()
+government = QSharedMemory(nativeKey)
+result = {"created": government.create(1024), "attachments": 0}
+wars = [QSharedMemory(government.nativeIpcKey()) for _ in range(cap)]
+
+
+def mapped_bytes():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+
+
+if type_value == 0x100:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+else:
+    resource.setrlimit(resource.RLIMIT_AS, (mapped_bytes() + (8 << 20), resource.RLIM_INFINITY))
+
+
+def attachTooMuch():
+    jail = []
+    for war in wars:
+        if war.attach():
+            jail.append(war)
+            result["attachments"] += 1
+        else:
+            result.update(
+                attached=war.isAttached(),
+                key_unchanged=war.nativeIpcKey() == government.nativeIpcKey(),
+                size=war.size(),
+                data_is_none=war.data() is None,
+                error=war.error().name,
+                errorString=war.errorString(),
+                detach=war.detach(),
+            )
+            break
+    else:
+        result["cap_reached"] = True
+    return jail
+
+
+jail = attachTooMuch()
+resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+hard_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard_nofile, hard_nofile))
+del jail, wars
+government = None
+keys = [nativeKey]
+"""
+    + CHILD_CLEANUP
+)
+
+
+def test_attachTooMuch(tst: Tst, procs) -> None:
+    tst.mangle("government")  # registered for the cleanup of what the child leaves
+    result, report = run_exhausting_child(
+        tst,
+        procs,
+        ATTACH_TOO_MUCH_CHILD,
+        ATTACH_TOO_MUCH_CAP,
+        env=child_env(PYTHONMALLOC="malloc", MALLOC_TOP_PAD_=str(64 << 20)),
+    )
+    assert result.returncode == 0, result
+    assert report["created"] is True, report  # QVERIFY(government.create(1024))
+    assert not report.get("cap_reached"), f"every attach succeeded: {report}"
+    assert report["attachments"] >= 1, report
+    assert_the_failed_handle_is_empty(report)
+    assert report["error"] == "OutOfResources", report
 
 
 # ----------------------------------------------------------------------------------------------
