@@ -350,30 +350,21 @@ def contention(run: Run) -> None:
 
 
 def lifecycle(run: Run) -> None:
-    config = run.config
     with created(run.peers, 4 * KIB) as owners:
         loops = {
             label: peer.attach_detach_loop(owners[label].spec) for label, peer in run.peers.items()
         }
-        samples = interleaved(loops, config.repeats, config.sample_seconds * 2, 100_000)
-    for label, seconds in samples.items():
-        run.add(
-            "lifecycle",
-            "attach()+detach() of an existing 4 KiB segment",
-            label,
-            "µs",
-            [s * 1e6 for s in seconds],
-        )
+        add_lifecycle(run, "attach()+detach() of an existing 4 KiB segment", loops)
     loops = {label: peer.create_detach_loop(4 * KIB) for label, peer in run.peers.items()}
+    add_lifecycle(run, "create()+detach() of a new 4 KiB segment", loops)
+
+
+def add_lifecycle(run: Run, case: str, loops: dict[str, Any]) -> None:
+    """Runs every peer's loop, interleaved, and records the microseconds per iteration."""
+    config = run.config
     samples = interleaved(loops, config.repeats, config.sample_seconds * 2, 100_000)
     for label, seconds in samples.items():
-        run.add(
-            "lifecycle",
-            "create()+detach() of a new 4 KiB segment",
-            label,
-            "µs",
-            [s * 1e6 for s in seconds],
-        )
+        run.add("lifecycle", case, label, "µs", [s * 1e6 for s in seconds])
 
 
 # --------------------------------------------------------------------------------------------

@@ -66,6 +66,17 @@ impl PySharedMemory {
         }
     }
 
+    /// `alock` or `alocked` of the asyncio helpers, with the timeout checked here so that a bad
+    /// one raises at the call, not in the task.
+    fn async_lock<'py>(
+        slf: &Bound<'py, Self>,
+        helper: &str,
+        timeout: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = self::timeout(timeout)?;
+        notify::aio(slf.py(), helper, (slf, timeout))
+    }
+
     /// Drops the cached views (they hold the attachment), before an operation that may detach.
     fn forget_views(&self, py: Python<'_>) {
         let old = (self.data_view.take(), self.const_view.take());
@@ -488,8 +499,7 @@ impl PySharedMemory {
         slf: &Bound<'py, Self>,
         timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let _ = self::timeout(timeout)?;
-        notify::aio(slf.py(), "alock", (slf, timeout))
+        Self::async_lock(slf, "alock", timeout)
     }
 
     /// `async with alocked(timeout=None):`
@@ -498,8 +508,7 @@ impl PySharedMemory {
         slf: &Bound<'py, Self>,
         timeout: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let _ = self::timeout(timeout)?;
-        notify::aio(slf.py(), "alocked", (slf, timeout))
+        Self::async_lock(slf, "alocked", timeout)
     }
 
     /// One attempt for an asyncio task: True taken, False busy (also when this handle holds

@@ -115,23 +115,36 @@ cross_process! {
     }
 }
 
+/// Fails the build unless each field of `$type` is at the byte offset given for it.
+macro_rules! assert_layout {
+    ($type:ty { $($field:ident: $offset:expr),* $(,)? }) => {
+        $(assert!(
+            std::mem::offset_of!($type, $field) == $offset,
+            concat!(stringify!($type), ".", stringify!($field), " is not at ", stringify!($offset)),
+        );)*
+    };
+}
+
+// The layout docs/design.md documents, which other versions and the inspector rely on.
 const _: () = {
-    use std::mem::{offset_of, size_of};
+    use std::mem::size_of;
     assert!(size_of::<Control>() == CONTROL_SIZE);
     assert!(size_of::<NotifyBlock>() == 64 && size_of::<EventSlot>() == 64);
-    assert!(offset_of!(Control, version) == 8);
-    assert!(offset_of!(Control, flags) == 12);
-    assert!(offset_of!(Control, data_dev) == 16);
-    assert!(offset_of!(Control, data_size) == 32);
-    assert!(offset_of!(Control, created_ms) == 40);
-    assert!(offset_of!(Control, creator_pid) == 48);
-    assert!(offset_of!(Control, removal_claimed) == 52);
-    assert!(offset_of!(Control, lock) == 64);
-    assert!(offset_of!(Control, notify) == 192);
-    assert!(offset_of!(Control, events) == 256);
-    assert!(offset_of!(Control, native_key_len) == 2304);
-    assert!(offset_of!(Control, native_key) == 2312);
-    assert!(offset_of!(Control, legacy_key) == 2568);
+    assert_layout!(Control {
+        version: 8,
+        flags: 12,
+        data_dev: 16,
+        data_size: 32,
+        created_ms: 40,
+        creator_pid: 48,
+        removal_claimed: 52,
+        lock: 64,
+        notify: 192,
+        events: 256,
+        native_key_len: 2304,
+        native_key: 2312,
+        legacy_key: 2568,
+    });
 };
 
 /// What a new control block says about its segment.
@@ -182,6 +195,14 @@ impl Control {
             u32::try_from(what.creator_pid).unwrap_or(0),
             Ordering::Relaxed,
         );
+        self.store_keys(what);
+        self.lock.init()?;
+        self.magic.store(MAGIC, Ordering::Release);
+        Ok(())
+    }
+
+    /// The keys the segment was made with, for the inspector.
+    fn store_keys(&self, what: &Describe<'_>) {
         store_bytes(
             &self.native_key_len,
             &self.native_key,
@@ -190,9 +211,6 @@ impl Control {
         if let Some(legacy) = what.legacy_key {
             store_bytes(&self.legacy_key_len, &self.legacy_key, legacy.as_bytes());
         }
-        self.lock.init()?;
-        self.magic.store(MAGIC, Ordering::Release);
-        Ok(())
     }
 
     /// Writes a fresh block for the notify words and events of the System V segment `shmid`,
@@ -209,14 +227,7 @@ impl Control {
         // The creator of the System V segment, not of this block.
         self.creator_pid
             .store(creator_pid.unsigned_abs(), Ordering::Relaxed);
-        store_bytes(
-            &self.native_key_len,
-            &self.native_key,
-            what.native_key.as_bytes(),
-        );
-        if let Some(legacy) = what.legacy_key {
-            store_bytes(&self.legacy_key_len, &self.legacy_key, legacy.as_bytes());
-        }
+        self.store_keys(what);
         self.magic.store(MAGIC, Ordering::Release);
     }
 
