@@ -172,6 +172,34 @@ def test_the_last_detach_of_a_segment_whose_key_file_was_made_again_leaves_the_n
     old_inode.unlink()
 
 
+def test_a_lock_whose_unlock_failed_can_be_taken_again(make_key: KeyRegistry, tmp_path: Path):
+    """Issue 13, item 5: a failed unlock() must not leave this thread registered as the holder.
+    The lock set is removed from outside while held and its key file's directory is moved away,
+    so unlock() cannot re-create it and fails; once the directory is back, the same thread's
+    lock() works (it used to say that this thread already held the lock)."""
+    directory = tmp_path / make_key("unlockfail")
+    directory.mkdir()
+    key_file = directory / "key"
+    handle = S(qsharedmem.QNativeIpcKey(str(key_file), qsharedmem.QNativeIpcKey.Type.SystemV))
+    assert handle.create(64), handle.errorString()
+    assert handle.lock()
+    (semid,) = sets_with_key(ftok(key_file))
+    assert _libc.semctl(ctypes.c_int(semid), ctypes.c_int(0), ctypes.c_int(IPC_RMID)) == 0
+    away = directory.with_name(directory.name + ".away")
+    directory.rename(away)
+    try:
+        assert not handle.unlock()
+        assert handle.error() == S.SharedMemoryError.LockError
+    finally:
+        away.rename(directory)
+    assert handle.lock(timeout=5), handle.errorString()
+    assert handle.unlock()
+    assert handle.detach()
+    del handle
+    assert not key_file.exists()
+    directory.rmdir()
+
+
 # --------------------------------------------------------------------------------------------
 # Item 2: a creator killed before it initialised the set
 
