@@ -6,8 +6,9 @@ use super::locking::unlock_internally;
 use super::qt_errors::{segment_error, Family, Op};
 use super::{Handle, Previous, Semaphore};
 use crate::error::Error;
+use crate::key::Backend;
 use crate::segment::posix::{self as posix_segment, Removal};
-use crate::segment::{AccessMode, SegmentIdentity};
+use crate::segment::{sysv as sysv_segment, AccessMode, SegmentIdentity};
 use crate::sys::Errno;
 use crate::wait::Interrupt;
 
@@ -207,10 +208,43 @@ impl Handle {
                 let _ = self.detach_with(interrupt);
                 found
             }
-            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => Ok(Removal::Missing),
+            Err(e) if e.kind() == crate::error::ErrorKind::NotFound => {
+                self.remove_unused_lock_set(interrupt);
+                Ok(Removal::Missing)
+            }
             Err(e) => Err(e),
         };
         self.state().previous = previous;
         found
+    }
+
+    /// After `remove()` found no segment: the lock set that its attach made stays with the
+    /// handle for `attach()` (as Qt's does), but a `remove()` that found nothing leaves nothing
+    /// behind. Removed under the lock, so that nobody is creating a segment with it meanwhile.
+    fn remove_unused_lock_set(&self, interrupt: Interrupt<'_>) {
+        let (sem, key) = {
+            let state = self.state();
+            match &state.semaphore {
+                Some(Semaphore::SysV(sem)) if sem.owns_semaphore() => {
+                    (sem.clone(), state.key.clone())
+                }
+                _ => return,
+            }
+        };
+        let Some(Backend::SysV { project_id }) = key.key_type().backend() else {
+            return;
+        };
+        let Ok(taken) = self.lock_internally(&sem, "QSharedMemory::remove", interrupt) else {
+            return;
+        };
+        if !sysv_segment::segment_exists(key.native_key(), project_id) {
+            sem.remove();
+        }
+        unlock_internally(taken);
+        if !sem.is_open() {
+            let mut state = self.state();
+            state.semaphore = None;
+            self.refresh_target(&mut state);
+        }
     }
 }
