@@ -14,7 +14,7 @@ use crate::lock::sysv_sem::{SysVSemaphore, LOCK_SET_SIZE};
 use crate::lock::SemMode;
 use crate::segment::posix as posix_segment;
 use crate::segment::{sysv as sysv_segment, Failure};
-use crate::sys::{posix, Errno};
+use crate::sys::{posix, sysv, Errno};
 
 /// What `init_key` set up, for the rest of the operation.
 pub(super) enum Prepared {
@@ -223,7 +223,7 @@ impl Handle {
                 // Qt's; lock() still works, as with Qt's kept set.
                 let key_file_was_gone = (reusable || state.previous.is_some())
                     && state.key.legacy_key().is_none()
-                    && !std::path::Path::new(&sem_key).exists();
+                    && sysv::key_path(&sem_key).is_ok_and(|path| !sysv::key_file_exists(&path));
                 if !reusable {
                     let old = self.take_semaphore(state);
                     cleanup_semaphore(old);

@@ -73,7 +73,6 @@ pub fn remove_key_file(path: &CString) -> SysResult<()> {
 }
 
 /// Whether a file exists at `path` (without following a final symbolic link).
-#[cfg(test)]
 #[must_use]
 pub fn key_file_exists(path: &CString) -> bool {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();

@@ -13,10 +13,10 @@ behind (the programs end by destroying their handles).
 
 from __future__ import annotations
 
-import ctypes
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from qsharedmem import QNativeIpcKey as K
 from qsharedmem import QSharedMemory as S
 from qsharedmem import QSystemSemaphore as Sem
 from support.agent import Agent, start_agent
-from support.ipc import sysv_objects, sysv_remove
+from support.ipc import ftok_matches, sysv_objects, sysv_remove
 from support.keys import KeyRegistry
 from support.processes import ChildProcesses
 
@@ -184,11 +184,6 @@ HANG = 8.0  # seconds: a program still running then is taken as hung
 IMPLS = ("qsharedmem", "pyside6")
 
 
-def ftok_key(dev: int, ino: int, project_id: int = 0x51) -> int:
-    """glibc's ftok() of a file with this device and inode, as /proc/sysvipc shows keys."""
-    return ctypes.c_int((project_id << 24) | ((dev & 0xFF) << 16) | (ino & 0xFFFF)).value
-
-
 class Agents:
     """One agent per implementation, each with the runner loaded; a hung agent is replaced."""
 
@@ -235,13 +230,12 @@ class Agents:
         (the programs' own cleanup did not run, and nobody can find them by name)."""
         if not self.ledger.exists():
             return
-        keys = {
-            ftok_key(*map(int, line.split()))
-            for line in self.ledger.read_text().split("\n")
-            if line
-        }
+        files = [
+            SimpleNamespace(st_dev=int(dev), st_ino=int(ino))
+            for dev, ino in (line.split() for line in self.ledger.read_text().splitlines())
+        ]
         for obj in sysv_objects():
-            if obj.key in keys:
+            if any(ftok_matches(obj.key, st) for st in files):
                 sysv_remove(obj)
         self.ledger.unlink()
 
