@@ -384,7 +384,7 @@ def until_qts_stale_handle_fails(ours: list[Any], qt: list[Any]) -> tuple[list[A
     programs' states differ from there on and the rest is not compared. Both classes are
     tested on their own in test_a_stale_handle_fails_only_in_qt."""
     for i, (mine, theirs) in enumerate(zip(ours, qt, strict=True)):
-        if theirs[0] == "create" and theirs[2] == LOCK_SET_TAKEN_OVER_QT:
+        if theirs[0] == "create" and theirs[2:3] == [LOCK_SET_TAKEN_OVER_QT]:
             assert mine[0] == "create" and mine[2][0] in ("NoError", "AlreadyExists"), mine
             return ours[:i], qt[:i]
         if theirs[-1] == "gone" and theirs[1:3] == [False, CREATE_EXISTS]:
