@@ -5,7 +5,8 @@ asserts exactly.
 
 The classes are those a differential run against PySide6 found (issue 14): System V variant
 key types (0x80–0xFF give Qt a negative ftok key), empty keys of unsupported types, a NUL in a
-key, a System V create() on a handle that is attached, a key file removed under a handle,
+key, a System V create() on a handle that is attached, a System V handle whose state another
+handle removed (found by CI's run), a key file removed under a handle,
 QSystemSemaphore re-keyed after another handle removed its set, the empty key's error after
 lock(), and create()'s size conversion. Every example uses keys of its own and leaves nothing
 behind (the programs end by destroying their handles).
