@@ -28,7 +28,8 @@ pub(super) enum Prepared {
         /// This very call made the lock set: no segment anyone made the Qt way belongs to it.
         lock_is_new: bool,
         /// The key file was gone before this call made it again for the lock: `attach()` then
-        /// fails as Qt's does (see the comment where it is decided).
+        /// fails as Qt's does (see the comment where it is decided). Always false for
+        /// `create()`.
         key_file_was_gone: bool,
     },
 }
@@ -220,8 +221,10 @@ impl Handle {
                 // by someone else. Its next attach() then finds no key file ("handle: doesn't
                 // exist"), whereas ours, whose set went with the segment, would make the file
                 // again for a new set (new System V keys share one file). The error stays
-                // Qt's; lock() still works, as with Qt's kept set.
-                let key_file_was_gone = (reusable || state.previous.is_some())
+                // Qt's; lock() still works, as with Qt's kept set. Only attach() asks (create()
+                // makes the file again either way), so create() spends no lstat on it.
+                let key_file_was_gone = !creating
+                    && (reusable || state.previous.is_some())
                     && state.key.legacy_key().is_none()
                     && sysv::key_path(&sem_key).is_ok_and(|path| !sysv::key_file_exists(&path));
                 if !reusable {
