@@ -17,26 +17,32 @@ use crate::sys::Errno;
 cross_process! {
     /// The lock block: 128 bytes in a segment's control block.
     ///
+    /// Everything a lock or an unlock writes (the mutex and `state`) is in the first 64 bytes,
+    /// one cache line (the block starts at offset 64 of the control block): a hand-off between
+    /// two processes moves that line, Qt's semaphore and the data, nothing else. With `state`
+    /// on a line of its own the 2-process hand-off ran at about 0.75 × the rate (measured in
+    /// `benchmarks/README.md`).
+    ///
     /// | offset | field |
     /// |---:|---|
-    /// | 0 | the pthread mutex (64 bytes reserved) |
-    /// | 64 | `state`: the holder's pid << 2, and the state of Qt's semaphore for it (2 bits) |
-    /// | 68 | `owner_deaths`: how often a holder died holding the lock |
-    /// | 72 | `doubt`: pid of a dead holder that may still have Qt's semaphore (0: none) |
-    /// | 76 | reserved (zero) |
+    /// | 0 | the pthread mutex (48 bytes reserved) |
+    /// | 48 | `state`: the holder's pid << 2, and the state of Qt's semaphore for it (2 bits) |
+    /// | 52 | `owner_deaths`: how often a holder died holding the lock |
+    /// | 56 | `doubt`: pid of a dead holder that may still have Qt's semaphore (0: none) |
+    /// | 60 | reserved (zero) |
     pub(crate) struct RobustLock {
         mutex: RawMutex,
         pub(super) state: AtomicU32,
         owner_deaths: AtomicU32,
         pub(super) doubt: AtomicU32,
-        _reserved: [AtomicU32; 13],
+        _reserved: [AtomicU32; 17],
     }
 }
 
 const _: () = assert!(std::mem::size_of::<RobustLock>() == 128);
-const _: () = assert!(std::mem::offset_of!(RobustLock, state) == 64);
-const _: () = assert!(std::mem::offset_of!(RobustLock, owner_deaths) == 68);
-const _: () = assert!(std::mem::offset_of!(RobustLock, doubt) == 72);
+const _: () = assert!(std::mem::offset_of!(RobustLock, state) == 48);
+const _: () = assert!(std::mem::offset_of!(RobustLock, owner_deaths) == 52);
+const _: () = assert!(std::mem::offset_of!(RobustLock, doubt) == 56);
 
 /// How many times a waiter polls a busy mutex before it sleeps in the kernel, with a pause
 /// instruction between polls: 2.3 µs on this project's AMD EPYC machine (pause is slower on

@@ -18,7 +18,7 @@ use super::mapping::CrossProcess;
 
 /// Bytes a [`RawMutex`] takes in shared memory (a `pthread_mutex_t` is 40 bytes on x86_64 and
 /// 48 on aarch64 glibc; the rest is reserved).
-pub const RAW_MUTEX_SIZE: usize = 64;
+pub const RAW_MUTEX_SIZE: usize = 48;
 
 /// The storage of one pthread mutex in shared memory.
 ///
