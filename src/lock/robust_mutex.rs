@@ -20,7 +20,7 @@ cross_process! {
     /// Everything a lock or an unlock writes (the mutex and `state`) is in the first 64 bytes,
     /// one cache line (the block starts at offset 64 of the control block): a hand-off between
     /// two processes moves that line, Qt's semaphore and the data, nothing else. With `state`
-    /// on a line of its own the 2-process hand-off ran at about 0.75 × the rate (measured in
+    /// on a line of its own the 2-process hand-off ran at 0.75–0.9 × the rate (measured in
     /// `benchmarks/README.md`).
     ///
     /// | offset | field |
